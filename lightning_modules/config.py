@@ -1,0 +1,96 @@
+"""Typed settings of the model side (network, loss, optimiser, LR schedule).
+
+They are the schema behind the Hydra groups ``model``, ``loss``, ``optimizer`` and ``scheduler``
+and the form in which a checkpoint stores them, so a checkpoint alone rebuilds the model. Every
+check here runs at start-up, before any data is read, and names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from lightning_modules.network import RDB_VARIANTS
+
+
+def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class NetConfig:
+    rdb: str = "before"
+
+    def validate(self) -> None:
+        _check(self.rdb in RDB_VARIANTS, "model.rdb", self.rdb,
+               f"choose one of {list(RDB_VARIANTS)} ('before' = the paper's RDB*)")
+
+
+@dataclass
+class LossConfig:
+    ms_ssim_weight: float = 0.2
+    win_size: int = 11
+    win_sigma: float = 1.5
+
+    def validate(self) -> None:
+        _check(self.ms_ssim_weight >= 0, "loss.ms_ssim_weight", self.ms_ssim_weight,
+               "must be >= 0 (the paper uses 0.2)")
+        _check(self.win_size % 2 == 1 and self.win_size >= 3, "loss.win_size", self.win_size,
+               "must be an odd integer >= 3 (the paper uses 11)")
+        _check(self.win_sigma > 0, "loss.win_sigma", self.win_sigma, "must be > 0")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optimizer.lr", self.lr, "must be > 0 (the paper uses 1e-4)")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               "optimizer.betas", self.betas, "must be two numbers in [0, 1)")
+        _check(self.eps > 0, "optimizer.eps", self.eps, "must be > 0")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclass
+class SchedulerConfig:
+    """Step decay per iteration: lr * gamma^(milestones passed), never below ``min_lr``."""
+
+    milestones: list[int] = field(default_factory=lambda: [500_000])
+    gamma: float = 0.1
+    min_lr: float = 1e-5
+
+    def validate(self) -> None:
+        _check(all(int(m) > 0 for m in self.milestones), "scheduler.milestones",
+               self.milestones, "must be positive iteration numbers")
+        _check(list(self.milestones) == sorted(self.milestones), "scheduler.milestones",
+               self.milestones, "must be in increasing order")
+        _check(0 < self.gamma <= 1, "scheduler.gamma", self.gamma,
+               "must be in (0, 1] (1 disables decay; the paper uses 0.1)")
+        _check(self.min_lr >= 0, "scheduler.min_lr", self.min_lr, "must be >= 0")
+
+
+def build(cls: type, values: Mapping[str, Any] | None, group: str) -> Any:
+    """Make a validated settings object, rejecting unknown keys by name."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in '{group}'; allowed: {sorted(known)}")
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    if "milestones" in values:
+        values["milestones"] = [int(m) for m in values["milestones"]]
+    obj = cls(**values)
+    obj.validate()
+    return obj
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    out = asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

@@ -1,0 +1,167 @@
+"""The LightningModule: training and evaluation of the restoration network.
+
+Metrics are per image (mean over images of each image's PSNR/SSIM, data range 1), the way papers
+report them. The module also logs the PSNR of a naive rendering of the amplified input, so every
+dashboard shows at a glance whether the network is better than doing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from lightning_modules.config import (
+    LossConfig,
+    NetConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    as_dict,
+    build,
+)
+from lightning_modules.losses import L1MSSSIMLoss
+from lightning_modules.network import DarkRestorationNet
+from lightning_modules.schedule import floor_warning, step_decay_scheduler
+
+
+def _plain(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(values, DictConfig):
+        return OmegaConf.to_container(values, resolve=True)  # type: ignore[return-value]
+    return dict(values or {})
+
+
+def naive_rgb(packed: torch.Tensor) -> torch.Tensor:
+    """The amplified input shown as an image: R, mean G, B, upsampled 2x, clipped to [0, 1].
+
+    This is the "do nothing" baseline the network must beat, and the input panel's picture.
+    """
+    r, g1, g2, b = packed.unbind(dim=1)
+    rgb = torch.stack([r, (g1 + g2) / 2, b], dim=1).clamp(0, 1)
+    return F.interpolate(rgb, scale_factor=2, mode="nearest")
+
+
+def per_image_psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return peak_signal_noise_ratio(
+        prediction, target, data_range=1.0, dim=(1, 2, 3), reduction="none"
+    )
+
+
+class RestorationModule(L.LightningModule):
+    """Adam + step decay on ``L1 + w (1 - MS-SSIM)``; every setting comes from config."""
+
+    def __init__(
+        self,
+        net: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        train_metrics_every_n_steps: int = 50,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net_cfg: NetConfig = build(NetConfig, _plain(net), "model")
+        self.loss_cfg: LossConfig = build(LossConfig, _plain(loss), "loss")
+        self.optim_cfg: OptimizerConfig = build(OptimizerConfig, _plain(optimizer), "optimizer")
+        self.sched_cfg: SchedulerConfig = build(SchedulerConfig, _plain(scheduler), "scheduler")
+        if train_metrics_every_n_steps < 1:
+            raise ValueError(
+                f"train_metrics_every_n_steps must be >= 1, got {train_metrics_every_n_steps}"
+            )
+        # Stored validated and in plain types, so a checkpoint alone rebuilds this module.
+        self.save_hyperparameters(
+            {
+                "net": as_dict(self.net_cfg),
+                "loss": as_dict(self.loss_cfg),
+                "optimizer": as_dict(self.optim_cfg),
+                "scheduler": as_dict(self.sched_cfg),
+                "train_metrics_every_n_steps": train_metrics_every_n_steps,
+                "compile": compile,
+            }
+        )
+        self.net = DarkRestorationNet(rdb=self.net_cfg.rdb)
+        self.criterion = L1MSSSIMLoss(**as_dict(self.loss_cfg))
+        self.train_metrics_every_n_steps = train_metrics_every_n_steps
+        self.compile_net = compile
+        self.nonfinite_steps = 0  # consecutive skipped steps; the NaN guard callback reads it
+        self.nonfinite_total = 0
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_psnr", PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)))
+            setattr(self, f"{stage}_ssim", StructuralSimilarityIndexMeasure(data_range=1.0))
+            setattr(self, f"{stage}_psnr_input",
+                    PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)))
+            setattr(self, f"{stage}_loss", MeanMetric())
+
+    def configure_model(self) -> None:
+        # In place, so checkpoint keys keep their names (no "_orig_mod." prefix).
+        if self.compile_net:
+            self.net.compile()
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.net(packed)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        prediction = self(batch["input"])
+        parts = self.criterion(prediction, batch["target"])
+        if not torch.isfinite(parts.total):
+            # Returning None skips this optimiser step; the NaN guard stops runs that repeat it.
+            self.nonfinite_steps += 1
+            self.nonfinite_total += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_total))
+            return None
+        self.nonfinite_steps = 0
+        batch_size = prediction.shape[0]
+        self.log("train/loss", parts.total, prog_bar=True, batch_size=batch_size)
+        self.log("train/l1", parts.l1, batch_size=batch_size)
+        self.log("train/ms_ssim", parts.ms_ssim, batch_size=batch_size)
+        if self.global_step % self.train_metrics_every_n_steps == 0:
+            with torch.no_grad():
+                p, t = prediction.detach().float(), batch["target"].float()
+                self.log("train/psnr", per_image_psnr(p, t).mean(), batch_size=batch_size)
+                self.log("train/ssim", structural_similarity_index_measure(p, t, data_range=1.0),
+                         batch_size=batch_size)
+        return parts.total
+
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor]:
+        prediction = self(batch["input"])
+        target = batch["target"]
+        p, t = prediction.float(), target.float()
+        getattr(self, f"{stage}_psnr")(p, t)
+        getattr(self, f"{stage}_ssim")(p, t)
+        getattr(self, f"{stage}_psnr_input")(naive_rgb(batch["input"].float()), t)
+        if min(p.shape[-2:]) > self.criterion.min_side:
+            getattr(self, f"{stage}_loss")(self.criterion(p, t).total)
+            self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), sync_dist=False)
+        for name in ("psnr", "ssim", "psnr_input"):
+            self.log(f"{stage}/{name}", getattr(self, f"{stage}_{name}"),
+                     prog_bar=name == "psnr")
+        return {"prediction": prediction.detach()}
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o, s = self.optim_cfg, self.sched_cfg
+        optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                     weight_decay=o.weight_decay)
+        message = floor_warning(o.lr, s.milestones, s.gamma, s.min_lr)
+        if message:
+            rank_zero_warn(message)
+        scheduler = step_decay_scheduler(optimizer, s.milestones, s.gamma, s.min_lr)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
