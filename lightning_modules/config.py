@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from darkraw.errors import ConfigError
 from lightning_modules.network import RDB_VARIANTS
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ValueError(f"{key}={value!r} is not allowed: {allowed}")
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
 @dataclass
@@ -81,7 +82,7 @@ def build(cls: type, values: Mapping[str, Any] | None, group: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in '{group}'; allowed: {sorted(known)}")
+        raise ConfigError(f"unknown key(s) {unknown} in '{group}'; allowed: {sorted(known)}")
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     if "milestones" in values:

@@ -1,0 +1,250 @@
+"""One training job from a composed config: what ``train.py`` runs for each (multi)run job.
+
+The order matters: everything that can be checked from the config alone (model settings,
+trainer settings, disk space, the resume checkpoint) is checked before data is touched, so a typo
+fails in a second instead of after an hour of preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from darkraw.disk import GB, ensure_free_space
+from darkraw.errors import ConfigError
+from darkraw.plots import plot_learning_curve
+from darkraw.resume import resolve_resume
+from lightning_modules.module import RestorationModule
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class RunSummary:
+    """What a finished job reports: printed for people, returned for sweepers and tests."""
+
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+    metrics_csv: Path | None = None
+    learning_curve: Path | None = None
+    wandb_dir: Path | None = None
+    global_step: int = 0
+    wall_seconds: float = 0.0
+
+
+def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
+    precision = str(trainer_cfg.get("precision", "32"))
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not allowed: choose one of {list(PRECISIONS)}"
+        )
+    max_steps = trainer_cfg.get("max_steps", -1)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps!r} is not allowed: training is counted in iterations; "
+            "give a positive number of optimiser steps (the paper: 1000000)"
+        )
+    interval = trainer_cfg.get("val_check_interval")
+    if isinstance(interval, int) and interval < 1:
+        raise ConfigError(f"trainer.val_check_interval={interval} must be a positive step count")
+    if trainer_cfg.get("max_epochs") not in (-1, None):
+        log.warning("trainer.max_epochs=%s may end the run before trainer.max_steps=%s",
+                    trainer_cfg.get("max_epochs"), max_steps)
+
+
+def build_module(cfg: DictConfig) -> RestorationModule:
+    model = cfg.model
+    return RestorationModule(
+        net={"rdb": model.rdb},
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        train_metrics_every_n_steps=model.get("train_metrics_every_n_steps", 50),
+        compile=model.get("compile", False),
+    )
+
+
+def instantiate_named(group: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null ``{name: {_target_: ...}}`` entry of a config group."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_overrides() -> list[str]:
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def stable_run_id(output_dir: Path, fresh: bool) -> str:
+    """W&B id from the output folder: a resumed job continues the same W&B run."""
+    key = str(output_dir.resolve()) + (f"@{time.time_ns()}" if fresh else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path, fresh: bool) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if not node or "_target_" not in node:
+            continue
+        if name == "wandb":
+            loggers.append(build_wandb_logger(cfg, node, output_dir, fresh))
+        else:
+            loggers.append(instantiate(node))
+    return loggers
+
+
+def build_wandb_logger(cfg: DictConfig, node: DictConfig, output_dir: Path,
+                       fresh: bool) -> WandbLogger:
+    overrides = job_overrides()
+    run_name = output_dir.name if output_dir.name != "default" else cfg.name
+    group = node.get("group")
+    if not group:
+        # One W&B group per sweep (its folder is unique), the experiment name for single runs.
+        group = (f"{cfg.name}@{Path(HydraConfig.get().sweep.dir).name}"
+                 if is_multirun() else cfg.name)
+    tags = sorted({*node.get("tags", []), cfg.name, *overrides})
+    extra = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+             if k not in ("group", "tags", "name")}
+    extra["name"] = node.get("name") or f"{cfg.name}/{run_name}"
+    return instantiate(
+        {**extra, "group": group, "tags": tags, "id": stable_run_id(output_dir, fresh),
+         "resume": "allow"}
+    )
+
+
+def log_resolved_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """The whole resolved config, nested, so W&B can group runs by e.g. ``model.rdb``."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)  # type: ignore[arg-type]
+
+
+def checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    return Path(node.dirpath) if node and node.get("dirpath") else output_dir / "checkpoints"
+
+
+def finish_wandb() -> None:
+    """Close the W&B run, or the next multirun job in this process would log into it."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def summarise(trainer: L.Trainer, output_dir: Path, loggers: list[Logger],
+              started: float) -> RunSummary:
+    summary = RunSummary(output_dir=output_dir, global_step=trainer.global_step,
+                         wall_seconds=time.time() - started)
+    for key, value in trainer.callback_metrics.items():
+        summary.metrics[key] = float(value)
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            summary.best_checkpoint = callback.best_model_path or None
+            summary.last_checkpoint = callback.last_model_path or None
+            if callback.best_model_score is not None:
+                summary.metrics[f"best/{callback.monitor}"] = float(callback.best_model_score)
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            csv_path = Path(logger.log_dir) / "metrics.csv"
+            if csv_path.is_file():
+                summary.metrics_csv = csv_path
+                summary.learning_curve = plot_learning_curve(
+                    csv_path, output_dir / "learning_curve.png", title=output_dir.name
+                )
+        if isinstance(logger, WandbLogger):
+            summary.wandb_dir = Path(logger.experiment.dir).parent
+    return summary
+
+
+def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input") -> None:
+    """Where everything is, in full paths (people copy them), and whether the net beat its input."""
+    rows: list[tuple[str, object]] = [
+        ("output folder", summary.output_dir),
+        ("best checkpoint", summary.best_checkpoint),
+        ("last checkpoint", summary.last_checkpoint),
+        ("metrics (CSV)", summary.metrics_csv),
+        ("learning curve", summary.learning_curve),
+        ("validation images", summary.output_dir / "images"),
+        ("W&B offline run", summary.wandb_dir),
+    ]
+    psnr = summary.metrics.get("val/psnr")
+    baseline = summary.metrics.get(input_baseline_key)
+    if psnr is not None:
+        line = f"{psnr:.2f} dB"
+        if baseline is not None:
+            line += f" (amplified input: {baseline:.2f} dB, gain {psnr - baseline:+.2f} dB)"
+        rows.append(("last val PSNR", line))
+    if "val/ssim" in summary.metrics:
+        rows.append(("last val SSIM", f"{summary.metrics['val/ssim']:.4f}"))
+    if summary.wandb_dir:
+        rows.append(("see it in W&B", f"wandb sync {summary.wandb_dir}"))
+        rows.append(("browse offline", f"wandb leet {summary.wandb_dir.parent}"))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"darkraw: run finished at step {summary.global_step} "
+             f"({summary.wall_seconds / 60:.1f} min)"]
+    lines += [f"  {label:<{width}}  {value}" for label, value in rows if value]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    check_trainer_config(cfg.trainer)
+    module = build_module(cfg)
+    ckpt_dir = checkpoint_dir(cfg, output_dir)
+    ckpt_path = resolve_resume(cfg.get("resume", "auto"), ckpt_dir)
+    ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
+                      "checkpoints, metrics and images")
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))
+    loggers = build_loggers(cfg, output_dir, fresh=ckpt_path is None)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        log_resolved_config(loggers, cfg)
+        if ckpt_path:
+            log.info("Resuming from %s", ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if cfg.get("test_after_fit"):
+            trainer.test(module, datamodule=datamodule, ckpt_path="best")
+        summary = summarise(trainer, output_dir, loggers, started)
+    finally:
+        finish_wandb()
+    if trainer.is_global_zero:
+        print_summary(summary)
+    return summary
+
+
+def optimized_value(summary: RunSummary, metric: str) -> float:
+    """The number a Hydra sweeper optimises: the best value if a checkpoint tracked it."""
+    value = summary.metrics.get(f"best/{metric}", summary.metrics.get(metric))
+    return float(value) if value is not None else math.nan

@@ -1,0 +1,51 @@
+"""Helpers to run the real entry points in subprocesses, as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1", PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_entry_point(script: str, *args: str, cwd: Path = REPO, timeout: float = 300,
+                    check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python <script> <args>`` and return it; on failure show its output."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=cwd, env=subprocess_env(**env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(args)} exited {proc.returncode}\n--- stdout ---\n"
+            f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+# Overrides that make a real train.py run take seconds on 2 CPU cores.
+FAST_TRAIN = (
+    "trainer.accelerator=cpu",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "model.train_metrics_every_n_steps=1",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.patch_size=192",
+    "data.val_max_images=1",
+)

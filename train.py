@@ -1,0 +1,44 @@
+"""Train the low-light restoration network: ``python train.py [overrides]``.
+
+    python train.py                                  # a few CPU minutes on the synthetic set
+    python train.py experiment=paper data.root=/data/SID
+    python train.py -m model.rdb=after,before        # one job per value, one W&B group
+
+Configs live in conf/ (``python train.py --help`` lists the groups); outputs go to
+outputs/<experiment>/runs/<overrides>/ so relaunching a killed run resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
+from darkraw.errors import DarkrawError
+
+log = logging.getLogger("darkraw")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    # Imported here so `--help` and config errors from Hydra come back instantly.
+    from darkraw.training import is_multirun, optimized_value, train
+
+    try:
+        summary = train(cfg)
+    except DarkrawError as error:
+        if is_multirun():
+            # One failing job must not stop the sweep; the error stays in this job's log.
+            log.error("job failed: %s", error)
+            return math.nan
+        print(f"darkraw: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    return optimized_value(summary, cfg.get("optimized_metric", "val/psnr"))
+
+
+if __name__ == "__main__":
+    main()
