@@ -1,0 +1,425 @@
+"""SID Sony as a LightningDataModule: random Bayer-aligned patches from the mmap cache.
+
+Workers never hold whole images: each sample maps its two cache files, copies one crop and
+unmaps them, so worker memory stays at a few patches whatever the size of the data set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from darkraw.errors import ConfigError
+from datamodules.amplification import DEFAULT_M, MAX_AMPLIFICATION
+from datamodules.cache import AMPLIFICATION_MODES, CachedPair, CacheIndex, build_cache, open_cache
+from datamodules.raw import CROP_MULTIPLE, normalise, pack_bayer, unpack_bayer
+from datamodules.sid_lists import PAIR_SOURCES
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- Bayer-safe geometry
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """Where to crop (packed coordinates) and how to flip one training patch."""
+
+    y: int
+    x: int
+    hflip: bool
+    vflip: bool
+    transpose: bool
+
+
+def read_window(
+    short: np.ndarray, long: np.ndarray, y: int, x: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy a packed window and the matching full-resolution target window out of the maps."""
+    packed = np.array(short[:, y : y + height, x : x + width])
+    target = np.array(long[2 * y : 2 * (y + height), 2 * x : 2 * (x + width)])
+    return packed, target
+
+
+def bayer_augment(
+    packed: np.ndarray,
+    target: np.ndarray,
+    patch: int,
+    hflip: bool = False,
+    vflip: bool = False,
+    transpose: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/transpose a patch without changing its Bayer phase, target transformed identically.
+
+    Flipping an RGGB mosaic turns it into GRBG/GBRG; shifting the flipped window by one pixel
+    makes it RGGB again (Liu et al. 2019, "Bayer preserving augmentation"). So a flipped axis
+    needs one extra packed row/column in ``packed`` (``patch + 1``), and the shift is exact: each
+    output pixel's input and target come from the same scene point. A transpose keeps RGGB as is
+    (the two greens swap rows, which the network cannot tell apart).
+
+    ``packed``: (4, ph, pw) with ph, pw in {patch, patch + 1}; ``target``: (2 ph, 2 pw, 3).
+    Returns (4, patch, patch) and (2 patch, 2 patch, 3).
+    """
+    mosaic = unpack_bayer(packed)
+    size = 2 * patch
+    oy = ox = 0
+    if vflip:
+        if packed.shape[1] < patch + 1:
+            raise ValueError("a vertical flip needs one extra packed row in the window")
+        mosaic, target, oy = mosaic[::-1], target[::-1], 1
+    if hflip:
+        if packed.shape[2] < patch + 1:
+            raise ValueError("a horizontal flip needs one extra packed column in the window")
+        mosaic, target, ox = mosaic[:, ::-1], target[:, ::-1], 1
+    mosaic = mosaic[oy : oy + size, ox : ox + size]
+    target = target[oy : oy + size, ox : ox + size]
+    if transpose:
+        mosaic, target = mosaic.T, target.transpose(1, 0, 2)
+    return pack_bayer(np.ascontiguousarray(mosaic)), np.ascontiguousarray(target)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _to_tensors(
+    packed: np.ndarray, target: np.ndarray, entry_pair: CachedPair, amplification: float
+) -> dict[str, Any]:
+    """The batch contract: amplified normalised input, [0, 1] target, gain and name."""
+    short = entry_pair.short
+    data = normalise(packed, short.black_level, short.white_level)
+    data *= np.float32(amplification)
+    rgb = np.ascontiguousarray(target.transpose(2, 0, 1), dtype=np.float32)
+    rgb *= np.float32(1.0 / 65535.0)
+    return {
+        "input": torch.from_numpy(data),
+        "target": torch.from_numpy(rgb),
+        "amplification": torch.tensor(amplification, dtype=torch.float32),
+        "name": entry_pair.name,
+    }
+
+
+class SIDDataset(Dataset):
+    """Training patches (``train=True``) or whole/center-cropped evaluation images.
+
+    Holds only cache paths and per-pair numbers, so it pickles cheaply into workers.
+    A training "epoch" is ``length`` random patches (training counts iterations, not epochs).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[CachedPair],
+        *,
+        train: bool,
+        patch_size: int = 512,
+        amplification: str = "estimated",
+        m: float = DEFAULT_M,
+        max_ratio: float = MAX_AMPLIFICATION,
+        hflip_prob: float = 0.5,
+        vflip_prob: float = 0.2,
+        transpose_prob: float = 0.0,
+        length: int | None = None,
+        full_image: bool = True,
+    ) -> None:
+        if not pairs:
+            raise ConfigError("SIDDataset got no pairs: the split is empty")
+        self.pairs = list(pairs)
+        self.train = train
+        self.patch = patch_size // 2
+        self.full_image = full_image
+        self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
+        self.transpose_prob = transpose_prob
+        self.amplifications = [p.amplification(amplification, m, max_ratio) for p in self.pairs]
+        self.length = length if length is not None else len(self.pairs)
+        if train or not full_image:
+            for pair in self.pairs:
+                _, h, w = pair.short.shape
+                if h < self.patch or w < self.patch:
+                    raise ConfigError(
+                        f"data.patch_size={patch_size} is larger than {pair.pair.short} "
+                        f"({2 * h}x{2 * w} after cropping to multiples of {CROP_MULTIPLE}); "
+                        "use a smaller patch_size"
+                    )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def plan(self, height: int, width: int) -> PatchPlan:
+        """Random even-offset crop and flips; a flipped axis reserves one extra packed line."""
+        p = self.patch
+        draws = torch.rand(3).tolist()
+        vflip = draws[0] < self.vflip_prob and height > p
+        hflip = draws[1] < self.hflip_prob and width > p
+        transpose = draws[2] < self.transpose_prob
+        y = int(torch.randint(0, height - p - int(vflip) + 1, ()).item())
+        x = int(torch.randint(0, width - p - int(hflip) + 1, ()).item())
+        return PatchPlan(y=y, x=x, hflip=hflip, vflip=vflip, transpose=transpose)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index % len(self.pairs)]
+        amplification = self.amplifications[index % len(self.pairs)]
+        short, long = pair.short.open(), pair.long.open()
+        try:
+            _, height, width = short.shape
+            if self.train:
+                plan = self.plan(height, width)
+                packed, target = read_window(
+                    short,
+                    long,
+                    plan.y,
+                    plan.x,
+                    self.patch + int(plan.vflip),
+                    self.patch + int(plan.hflip),
+                )
+                packed, target = bayer_augment(
+                    packed, target, self.patch, plan.hflip, plan.vflip, plan.transpose
+                )
+            elif self.full_image:
+                packed, target = read_window(short, long, 0, 0, height, width)
+            else:
+                y, x = (height - self.patch) // 2, (width - self.patch) // 2
+                packed, target = read_window(short, long, y, x, self.patch, self.patch)
+        finally:
+            del short, long  # unmap now: mapped pages would otherwise count in worker RSS
+        return _to_tensors(packed, target, pair, amplification)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """One intra-op thread per worker: workers already run in parallel."""
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_scenes(scenes: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """A reproducible ``fraction`` of the scenes (rounded, at least one), chosen by ``seed``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"data.fraction={fraction} must be in (0, 1]")
+    unique = sorted(set(scenes))
+    if not unique:
+        return []
+    count = max(1, round(fraction * len(unique)))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return sorted(unique[i] for i in order[:count])
+
+
+def _plain(value: Any) -> Any:
+    """Hydra hands nested settings over as OmegaConf containers; the generator wants plain ones."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# --------------------------------------------------------------------------- data modules
+
+
+class SIDDataModule(L.LightningDataModule):
+    """SID Sony pairs from the cache; every argument is a plain value from conf/data/sid.yaml.
+
+    ``batch_size`` is the global batch (divided by the number of devices in ``setup``);
+    ``patches_per_epoch`` is the length of the training dataset; ``fraction`` keeps that share
+    of the training scenes; validation and test run on full images with batch size 1.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        pairs: str = "lists",
+        amplification: str = "estimated",
+        m: float = DEFAULT_M,
+        max_ratio: float = MAX_AMPLIFICATION,
+        patch_size: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        hflip_prob: float = 0.5,
+        vflip_prob: float = 0.2,
+        transpose_prob: float = 0.0,
+        fraction: float = 1.0,
+        seed: int = 0,
+        patches_per_epoch: int | None = None,
+        val_max_images: int | None = None,
+        full_image_eval: bool = True,
+        cache_workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self._check(pairs, amplification, m, max_ratio, patch_size, batch_size, num_workers)
+        for key, value in (
+            ("hflip_prob", hflip_prob),
+            ("vflip_prob", vflip_prob),
+            ("transpose_prob", transpose_prob),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"data.{key}={value} must be a probability in [0, 1]")
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"data.fraction={fraction} must be in (0, 1]")
+        if patches_per_epoch is not None and patches_per_epoch < 1:
+            raise ConfigError(f"data.patches_per_epoch={patches_per_epoch} must be >= 1 or null")
+        if val_max_images is not None and val_max_images < 1:
+            raise ConfigError(f"data.val_max_images={val_max_images} must be >= 1 or null")
+        self.save_hyperparameters()
+        self.root, self.cache_dir = Path(root), Path(cache_dir)
+        self.pairs, self.amplification, self.m, self.max_ratio = pairs, amplification, m, max_ratio
+        self.patch_size, self.batch_size = patch_size, batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers
+        self.hflip_prob, self.vflip_prob = hflip_prob, vflip_prob
+        self.transpose_prob = transpose_prob
+        self.fraction, self.seed = fraction, seed
+        self.patches_per_epoch, self.val_max_images = patches_per_epoch, val_max_images
+        self.full_image_eval = full_image_eval
+        self.cache_workers, self.progress = cache_workers, progress
+        self.index: CacheIndex | None = None
+        self.train_scenes: list[str] = []
+        self.per_device_batch_size = batch_size
+        self.datasets: dict[str, SIDDataset] = {}
+
+    @staticmethod
+    def _check(
+        pairs: str,
+        amplification: str,
+        m: float,
+        max_ratio: float,
+        patch_size: int,
+        batch_size: int,
+        num_workers: int,
+    ) -> None:
+        if pairs not in PAIR_SOURCES:
+            raise ConfigError(f"data.pairs={pairs!r} is not allowed; choose one of {PAIR_SOURCES}")
+        if amplification not in AMPLIFICATION_MODES:
+            raise ConfigError(
+                f"data.amplification={amplification!r} is not allowed; choose one of "
+                f"{AMPLIFICATION_MODES}"
+            )
+        if m <= 0:
+            raise ConfigError(f"data.m={m} must be positive (the paper trains with 5)")
+        if max_ratio < 1:
+            raise ConfigError(f"data.max_ratio={max_ratio} must be >= 1 (SID uses 300)")
+        if patch_size < CROP_MULTIPLE or patch_size % CROP_MULTIPLE:
+            raise ConfigError(
+                f"data.patch_size={patch_size} must be a positive multiple of {CROP_MULTIPLE} "
+                "(full-resolution pixels; the network downsamples by 32), e.g. 512"
+            )
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+
+    # ----------------------------------------------------------------------- Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Build or complete the cache; Lightning runs this on one process per node."""
+        build_cache(self.root, self.cache_dir, self.pairs, self.cache_workers, self.progress)
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self._world_size()
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
+                f"over {world} devices; use a multiple of {world}"
+            )
+        self.per_device_batch_size = self.batch_size // world
+        if self.index is None:
+            self.index = open_cache(self.root, self.cache_dir, self.pairs)
+        index = self.index
+        train_pairs = index.splits["train"]
+        self.train_scenes = select_scenes([p.scene for p in train_pairs], self.fraction, self.seed)
+        keep = set(self.train_scenes)
+        train_pairs = [p for p in train_pairs if p.scene in keep]
+        length = self.patches_per_epoch or max(len(train_pairs), self.batch_size)
+        common = {
+            "patch_size": self.patch_size,
+            "amplification": self.amplification,
+            "m": self.m,
+            "max_ratio": self.max_ratio,
+        }
+        self.datasets = {
+            "train": SIDDataset(
+                train_pairs,
+                train=True,
+                hflip_prob=self.hflip_prob,
+                vflip_prob=self.vflip_prob,
+                transpose_prob=self.transpose_prob,
+                length=length,
+                **common,
+            ),
+            "val": SIDDataset(
+                index.splits["val"][: self.val_max_images],
+                train=False,
+                full_image=self.full_image_eval,
+                **common,
+            ),
+            "test": SIDDataset(
+                index.splits["test"], train=False, full_image=self.full_image_eval, **common
+            ),
+        }
+        log.info(
+            "SID %s pairs: train %d pairs from %d scenes (fraction %.2f), val %d, test %d",
+            self.pairs,
+            len(train_pairs),
+            len(self.train_scenes),
+            self.fraction,
+            len(self.datasets["val"].pairs),
+            len(self.datasets["test"].pairs),
+        )
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"call setup() before {split}_dataloader()")
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.per_device_batch_size, shuffle=True)
+
+    def _eval_batch(self) -> int:
+        return 1 if self.full_image_eval else self.per_device_batch_size
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self._eval_batch(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self._eval_batch(), shuffle=False)
+
+
+class SyntheticSIDDataModule(SIDDataModule):
+    """The same pipeline on a generated SID-style set: runs anywhere, with no download."""
+
+    def __init__(self, *args: Any, synthetic: Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.synthetic = dict(_plain(synthetic) or {})
+
+    def prepare_data(self) -> None:
+        from datamodules.synthetic import generate_synthetic_sid
+
+        options = {"progress": self.progress, **self.synthetic}
+        generate_synthetic_sid(self.root, **options)
+        super().prepare_data()

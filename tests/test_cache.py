@@ -1,0 +1,241 @@
+"""The packed cache on a tiny real DNG set: contents, reuse, rebuilds, and errors that keep work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from darkraw.errors import ConfigError
+from datamodules.amplification import estimated_amplification
+from datamodules.cache import (
+    MANIFEST_NAME,
+    CacheError,
+    _pending_work,
+    build_cache,
+    entries_dir,
+    main,
+    open_cache,
+)
+from datamodules.raw import normalise, pack_bayer, read_raw, render_target
+
+BLACK, WHITE = 512, 16383
+TRAIN, VAL, TEST = ("00001", "00002", "00003"), ("20001",), ("10001",)
+
+
+def write_sid_tree(
+    root: Path,
+    train: tuple[str, ...] = TRAIN,
+    val: tuple[str, ...] = VAL,
+    test: tuple[str, ...] = TEST,
+    height: int = 70,
+    width: int = 100,
+    mosaic_fn=None,
+    seed: int = 0,
+) -> Path:
+    """A SID-style tree of real DNGs: shot 00 at 0.1 s and a 10 s ground truth per scene."""
+    from datamodules.dng import write_bayer_dng
+
+    rng = np.random.default_rng(seed)
+    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for split, scenes in (("train", train), ("val", val), ("test", test)):
+        for scene in scenes:
+            if mosaic_fn is None:
+                bright = rng.uniform(0.05, 0.6) * (WHITE - BLACK)
+                long = BLACK + bright * rng.random((height, width)) ** 2
+                short = BLACK + (long - BLACK) / 100 + rng.normal(0, 2, (height, width))
+            else:
+                long, short = mosaic_fn(scene, height, width)
+            for folder, name, exposure, data in (
+                ("long", f"{scene}_00_10s.dng", 10.0, long),
+                ("short", f"{scene}_00_0.1s.dng", 0.1, short),
+            ):
+                mosaic = np.clip(np.rint(data), 0, WHITE).astype(np.uint16)
+                write_bayer_dng(root / "Sony" / folder / name, mosaic, exposure_time=exposure)
+            lines[split].append(
+                f"./Sony/short/{scene}_00_0.1s.dng ./Sony/long/{scene}_00_10s.dng ISO100 F8"
+            )
+    for split, split_lines in lines.items():
+        (root / f"Sony_{split}_list.txt").write_text("\n".join(split_lines) + "\n")
+    return root
+
+
+def entry_files(cache_dir: Path) -> dict[str, int]:
+    """mtime_ns of every array and metadata file: unchanged means not rewritten."""
+    return {
+        p.relative_to(cache_dir).as_posix(): p.stat().st_mtime_ns
+        for p in sorted(entries_dir(cache_dir).rglob("*"))
+        if p.is_file() and p.suffix in (".npy", ".json")
+    }
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sid_tree(tmp_path_factory.mktemp("sid"))
+
+
+def test_build_contents_and_reuse(tree: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    index = build_cache(tree, cache, "lists", workers=1, progress=False)
+    assert [len(index.splits[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    pair = index.splits["train"][0]
+    frame = read_raw(pair.pair.short)
+    packed = pair.short.open()
+    assert isinstance(packed, np.memmap) and packed.dtype == np.uint16
+    assert packed.shape == (4, 32, 48)  # 70x100 cropped to 64x96, packed
+    np.testing.assert_array_equal(packed, pack_bayer(frame.mosaic))
+    target = pair.long.open()
+    assert target.shape == (64, 96, 3) and target.dtype == np.uint16
+    np.testing.assert_array_equal(target, render_target(pair.pair.long))
+    assert pair.short.black_level == (BLACK,) * 4 and pair.short.white_level == WHITE
+
+    assert pair.amplification("exposure_ratio") == pytest.approx(100)
+    expected = estimated_amplification(normalise(np.asarray(packed), BLACK, WHITE), m=5)
+    assert pair.amplification("estimated", m=5) == pytest.approx(expected, rel=1e-9)
+    assert pair.amplification("estimated", m=1) == pytest.approx(expected / 5, rel=1e-9)
+
+    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    assert manifest["darkraw_cache"] and len(manifest["entries"]) == 10
+    meta = json.loads((entries_dir(cache) / f"{pair.pair.short_relpath}.json").read_text())
+    assert meta["source"]["size"] == pair.pair.short.stat().st_size and len(meta["source"]["sha1"])
+    del packed, target
+
+    before = entry_files(cache)
+    assert len(before) == 20
+    again = build_cache(tree, cache, "authors", workers=1, progress=False)  # same files
+    assert entry_files(cache) == before
+    assert [len(again.splits[s]) for s in ("train", "val", "test")] == [4, 1, 1]
+    assert open_cache(tree, cache, "lists").fingerprint == index.fingerprint
+
+
+def test_touched_source_is_rehashed_not_rebuilt(tmp_path: Path) -> None:
+    root = write_sid_tree(tmp_path / "sid", train=("00001",))
+    cache = tmp_path / "cache"
+    build_cache(root, cache, "lists", workers=1, progress=False)
+    before = entry_files(cache)
+    source = root / "Sony/short/00001_00_0.1s.dng"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    with pytest.raises(CacheError, match=r"00001_00_0\.1s\.dng is missing or out of date"):
+        open_cache(root, cache, "lists")  # setup never hashes: it asks for a build
+    build_cache(root, cache, "lists", workers=1, progress=False)
+    after = entry_files(cache)
+    npy = "entries/Sony/short/00001_00_0.1s.dng.npy"
+    assert after[npy] == before[npy]  # same content: array kept
+
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 0xFF  # same size, new content
+    source.write_bytes(bytes(data))
+    build_cache(root, cache, "lists", workers=1, progress=False)
+    assert entry_files(cache)[npy] != before[npy]
+
+
+def test_interrupted_build_is_completed(tree: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    before = entry_files(cache)
+    entries = entries_dir(cache)
+    # a crash between the array and its metadata, a truncated array, a temp file, no manifest
+    (entries / "Sony/short/00002_00_0.1s.dng.json").unlink()
+    truncated = entries / "Sony/long/00003_00_10s.dng.npy"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    temp = entries / "Sony/short/.00001_00_0.1s.dng.npy.tmp-otherhost-1-abcdef12"
+    temp.write_bytes(b"half")
+    os.utime(temp, (0, 0))
+    (cache / MANIFEST_NAME).unlink()
+    with pytest.raises(CacheError, match="no darkraw cache"):
+        open_cache(tree, cache, "lists")
+
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    after = entry_files(cache)
+    rebuilt = {k for k in after if after[k] != before.get(k)}
+    assert rebuilt == {
+        "entries/Sony/short/00002_00_0.1s.dng.npy",
+        "entries/Sony/short/00002_00_0.1s.dng.json",
+        "entries/Sony/long/00003_00_10s.dng.npy",
+        "entries/Sony/long/00003_00_10s.dng.json",
+    }
+    assert not temp.exists()
+    index = open_cache(tree, cache, "lists")
+    assert index.splits["train"][2].long.open().shape == (64, 96, 3)
+
+
+def test_other_settings_trigger_a_rebuild(tree: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    before = entry_files(cache)
+    manifest = json.loads((cache / MANIFEST_NAME).read_text())
+    manifest["fingerprint_hash"] = "0123456789abcdef"  # as written by another crop/format
+    (cache / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="built with other settings"):
+        open_cache(tree, cache, "lists")
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    after = entry_files(cache)
+    assert after.keys() == before.keys()
+    assert all(after[k] != before[k] for k in after)
+    assert json.loads((cache / MANIFEST_NAME).read_text())["fingerprint_hash"] != "0123456789abcdef"
+
+
+def test_broken_files_are_named_and_other_entries_kept(tmp_path: Path) -> None:
+    """Two processes; one truncated file and one GRBG file fail, the other entries survive."""
+    from datamodules.dng import write_bayer_dng
+
+    root = write_sid_tree(tmp_path / "sid")
+    good = (root / "Sony/short/00002_00_0.1s.dng").read_bytes()
+    broken = root / "Sony/short/00002_00_0.1s.dng"
+    broken.write_bytes(good[: len(good) // 2])
+    grbg = root / "Sony/short/00003_00_0.1s.dng"
+    write_bayer_dng(grbg, np.full((70, 100), 600, np.uint16), exposure_time=0.1,
+                    cfa_pattern="GRBG")
+    cache = tmp_path / "cache"
+    with pytest.raises(CacheError) as info:
+        build_cache(root, cache, "lists", workers=2, progress=False)
+    message = str(info.value)
+    assert "2 of 10 files could not be cached" in message and "8 entries are complete" in message
+    assert "00002_00_0.1s.dng: RawReadError: cannot decode" in message
+    assert "00003_00_0.1s.dng: RawReadError" in message and "GRBG" in message
+    kept = entry_files(cache)
+    assert len(kept) == 16
+
+    broken.write_bytes(good)  # repaired; the GRBG file is still there
+    with pytest.raises(CacheError, match=r"(?s)1 of 10 files .*00003_00_0\.1s\.dng"):
+        build_cache(root, cache, "lists", workers=1, progress=False)
+    after = entry_files(cache)
+    assert {k: after[k] for k in kept} == kept and len(after) == 18
+
+
+def test_disk_estimate_matches_what_is_written(tree: Path, tmp_path: Path) -> None:
+    from datamodules.cache import _cache_files
+    from datamodules.sid_lists import load_pairs
+
+    files = _cache_files(load_pairs(tree, "lists"))
+    work = _pending_work(tree, files)
+    cache = tmp_path / "cache"
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    written = sum(p.stat().st_size for p in entries_dir(cache).rglob("*.npy"))
+    assert work.largest_pixels == 70 * 100 and work.total_pixels == 10 * 70 * 100
+    assert written <= work.bytes <= written + 4096 * len(files)
+
+
+def test_command_line(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    args = ["--root", str(tree), "--cache-dir", str(cache), "--workers", "1", "--no-progress"]
+    assert main([*args, "--pairs", "authors"]) == 0
+    assert "cache ready" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path / "missing"), "--cache-dir", str(cache)]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_worker_count() -> None:
+    from datamodules.cache import PendingWork, _worker_count
+
+    small = PendingWork(bytes=10**6, total_pixels=10**6, largest_pixels=10**5)
+    big = PendingWork(bytes=10**10, total_pixels=4 * 10**9, largest_pixels=12 * 10**6)
+    assert _worker_count(None, 10, small) == 1  # not worth starting processes
+    assert _worker_count(2, 10, small) == 2  # an explicit request is honoured
+    assert _worker_count(8, 3, small) == 3  # never more processes than files
+    assert 1 <= _worker_count(None, 1000, big) <= (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match=r"cache_workers\) must be at least 1, got 0"):
+        _worker_count(0, 10, small)
