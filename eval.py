@@ -1,0 +1,60 @@
+"""Evaluate a checkpoint on full validation or test images.
+
+    python eval.py ckpt=outputs/paper/runs/default/checkpoints/last.ckpt \
+        data=sid data.root=/data/SID
+
+Writes per_image.csv, summary.json and summary.md (PSNR/SSIM in float and in the authors' uint8
+convention) and the restored images.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
+from darkraw.errors import ConfigError, DarkrawError
+
+SPLITS = {"val": ("validate", "val_dataloader"), "test": ("test", "test_dataloader")}
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    from darkraw.checkpoints import load_network, pick_device
+    from darkraw.evaluation import evaluate, summarise_scores, write_reports
+
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is not allowed: choose one of {list(SPLITS)}")
+    stage, loader_name = SPLITS[cfg.split]
+    device = pick_device(cfg.device)
+    net = load_network(cfg.ckpt, device)
+    output = Path(cfg.output) if cfg.output else Path(cfg.ckpt).parent.parent / f"eval-{cfg.split}"
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    loader = getattr(datamodule, loader_name)()
+    scores = evaluate(net, loader, device, output / "images" if cfg.save_images else None,
+                      cfg.max_images)
+    if not scores:
+        raise ConfigError(f"the {cfg.split} split holds no images: check the data config")
+    summary = summarise_scores(scores)
+    files = write_reports(scores, summary, output, {"ckpt": str(cfg.ckpt), "split": cfg.split})
+    print(files["summary_md"].read_text())
+    print(f"darkraw: per-image metrics in {files['per_image']}", file=sys.stderr)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except DarkrawError as error:
+        print(f"darkraw: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""eval.py and restore.py end to end, on generated DNG files and a model whose output is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from datamodules.dng import write_bayer_dng
+from lightning_modules.module import RestorationModule
+from tests.helpers import run_entry_point
+
+CONSTANT = 0.5
+
+
+def save_checkpoint(module: RestorationModule, path: Path) -> Path:
+    """The checkpoint layout Lightning writes, without a Trainer (what the importer writes too)."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def constant_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A network whose output is exactly 0.5 everywhere: zero weights, last bias 0.5."""
+    module = RestorationModule()
+    with torch.no_grad():
+        for name, param in module.net.named_parameters():
+            if name.endswith("original0") or name.endswith("bias"):
+                param.zero_()
+        module.net.fuse2.bias.fill_(CONSTANT)
+        assert torch.all(module.net(torch.rand(1, 4, 32, 32)) == CONSTANT)
+    return save_checkpoint(module, tmp_path_factory.mktemp("ckpt") / "constant.ckpt")
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(RestorationModule(), tmp_path_factory.mktemp("ckpt") / "random.ckpt")
+
+
+def expected_scores(target: torch.Tensor) -> tuple[float, float]:
+    """PSNR of the constant prediction, in float and in the authors' uint8 convention."""
+    psnr = -10 * math.log10(float(((target - CONSTANT) ** 2).mean()))
+    t8 = (target * 255).round()
+    p8 = round(CONSTANT * 255)  # torch rounds half to even: 127.5 -> 128
+    psnr8 = 10 * math.log10(255**2 / float(((t8 - p8) ** 2).mean()))
+    return psnr, psnr8
+
+
+@pytest.mark.slow
+def test_eval_writes_correct_per_image_metrics(synthetic_sid: Path, constant_checkpoint: Path,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    overrides = [f"data.root={synthetic_sid}", f"data.cache_dir={tmp_path / 'cache'}",
+                 "data.num_workers=0", "data.persistent_workers=false",
+                 f"paths.root_dir={tmp_path}", f"ckpt={constant_checkpoint}", "split=val",
+                 f"output={out}", "data.progress=false"]
+    run_entry_point("eval.py", *overrides)
+    with (out / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    summary = json.loads((out / "summary.json").read_text())
+
+    # The targets, read independently through the DataModule's validation split.
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"),
+                               version_base="1.3"):
+        cfg = compose("eval", overrides=[o for o in overrides if o.startswith(("data.", "paths"))])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    targets = {str(b["name"][0]): b["target"] for b in datamodule.val_dataloader()}
+
+    assert len(rows) == len(targets) == int(summary["images"]) > 0
+    for row in rows:
+        psnr, psnr8 = expected_scores(targets[row["name"]])
+        assert float(row["psnr"]) == pytest.approx(psnr, abs=1e-3)
+        assert float(row["psnr_uint8"]) == pytest.approx(psnr8, abs=1e-3)
+        target = targets[row["name"]][0].permute(1, 2, 0).numpy()
+        independent_ssim = structural_similarity(  # scikit-image, Gaussian window as the paper
+            np.full_like(target, CONSTANT), target, data_range=1.0, channel_axis=2,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        )
+        # Border handling differs slightly between the two implementations.
+        assert float(row["ssim"]) == pytest.approx(independent_ssim, abs=1e-2)
+    assert summary["mean_psnr"] == pytest.approx(np.mean([float(r["psnr"]) for r in rows]))
+    assert (out / "summary.md").is_file()
+    assert len(list((out / "images").glob("*.png"))) == len(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(101, 150), (64, 96), (250, 333)])
+def test_restore_keeps_odd_sizes_and_writes_one_image_per_m(size: tuple[int, int],
+                                                           random_checkpoint: Path,
+                                                           tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    mosaic = rng.integers(512, 900, size=size, dtype=np.uint16)
+    raw_dir = tmp_path / "raw"
+    write_bayer_dng(raw_dir / "dark.dng", mosaic, exposure_time=0.1)
+    write_bayer_dng(raw_dir / "dark2.dng", mosaic[: size[0] - 1], exposure_time=0.1)
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw_dir}",
+                           f"output={out}", "m=[1,8]", "tile_size=32", "tile_overlap=8")
+    for stem, height in (("dark", size[0]), ("dark2", size[0] - 1)):
+        for m in ("1", "8"):
+            image = Image.open(out / f"{stem}_m{m}.png")
+            assert image.size == (size[1], height)
+            assert image.mode == "RGB"
+    assert "amplification" in proc.stdout
+
+
+def test_restore_rejects_missing_input_and_bad_checkpoint(tmp_path: Path,
+                                                          random_checkpoint: Path) -> None:
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}",
+                           f"input={tmp_path / 'nothing'}", f"output={tmp_path}", check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"model": {}}, bad)
+    write_bayer_dng(tmp_path / "a.dng", np.full((64, 64), 600, np.uint16), exposure_time=0.1)
+    proc = run_entry_point("restore.py", f"ckpt={bad}", f"input={tmp_path / 'a.dng'}",
+                           f"output={tmp_path / 'o'}", check=False)
+    assert proc.returncode == 1 and "reference_import" in proc.stderr
