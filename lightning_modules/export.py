@@ -1,0 +1,183 @@
+"""ONNX export of the folded network, and a check of ONNX Runtime against PyTorch.
+
+Weight norm is folded first: the exported graph then holds plain convs with constant weights, not
+a norm-divide-multiply per conv that every runtime would recompute on every call.
+
+Batch, height and width are dynamic. Height and width are declared as ``16 * k`` (the packed
+size must be a multiple of 16), which is what lets ``torch.export`` prove the pixel
+(un)shuffles exact; an input whose packed size is not a multiple of 16 is refused by the runtime.
+
+    python -m lightning_modules.export ckpt=path/to/last.ckpt out=model.onnx
+    python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_modules.inference import InferenceNet, fold_weight_norm
+from lightning_modules.network import INPUT_CHANNELS, PACKED_MULTIPLE
+
+INPUT_NAME = "packed"
+OUTPUT_NAME = "rgb"
+# Upper bounds only bound what torch.export reasons about, not what the runtime accepts in
+# practice; generous enough for 8K sensors (packed 4096 x 4096 is 8192 x 8192 full resolution).
+MAX_BATCH = 1024
+MAX_PACKED_BLOCKS = 4096 // PACKED_MULTIPLE
+
+
+def example_input(batch: int = 1, height: int = 64, width: int = 64,
+                  seed: int = 0) -> torch.Tensor:
+    """A packed input in the range the network sees (amplified, well above 1 in places)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, INPUT_CHANNELS, height, width, generator=generator) * 8.0
+
+
+def _dynamic_shapes() -> dict[str, dict[int, object]]:
+    from torch.export import Dim
+
+    blocks_h = Dim("packed_h_div16", min=1, max=MAX_PACKED_BLOCKS)
+    blocks_w = Dim("packed_w_div16", min=1, max=MAX_PACKED_BLOCKS)
+    return {"x": {0: Dim("batch", min=1, max=MAX_BATCH),
+                  2: PACKED_MULTIPLE * blocks_h, 3: PACKED_MULTIPLE * blocks_w}}
+
+
+def _quiet_export(*args: object, **kwargs: object) -> object:
+    # The exporter logs progress lines and warns about optional torchvision ops; neither helps.
+    logger = logging.getLogger("torch.onnx")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(*args, **kwargs)  # type: ignore[arg-type]
+    finally:
+        logger.setLevel(previous)
+
+
+def export_onnx(net: nn.Module, out: str | Path, *, example: torch.Tensor | None = None,
+                dynamic: bool = True, opset: int | None = None) -> Path:
+    """Write ``net`` (weight norm folded, float32) to ``out`` as ONNX.
+
+    If the exporter cannot keep the axes dynamic, this fails instead of silently writing a
+    fixed-size model; pass ``dynamic=False`` to ask for one (sized like ``example``).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(net, InferenceNet):
+        net = net.net  # the wrapper's inference_mode and casts are not part of the graph
+    # Always a private copy (folding one that needs none just copies it): the cast to float32
+    # below is in place and must not touch the caller's network.
+    model = fold_weight_norm(net).eval().float()
+    x = example_input() if example is None else example.float()
+    kwargs: dict[str, object] = {
+        "dynamo": True, "input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME],
+        "verbose": False, "optimize": True,
+    }
+    if dynamic:
+        kwargs["dynamic_shapes"] = _dynamic_shapes()
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    with torch.no_grad():
+        _quiet_export(model, (x,), str(out), **kwargs)
+    return out
+
+
+def onnx_session(onnx_path: str | Path, threads: int | None = None):  # -> ort.InferenceSession
+    """A CPU ONNX Runtime session; ``threads`` defaults to what PyTorch uses, for fair timings."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: object, x: torch.Tensor) -> np.ndarray:
+    return session.run(None, {INPUT_NAME: x.detach().cpu().float().numpy()})[0]  # type: ignore[attr-defined]
+
+
+def check_onnx(onnx_path: str | Path, net: nn.Module, input: torch.Tensor) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch on ``input``.
+
+    ``net`` may be the training form or the folded one: both compute the same function.
+    """
+    with torch.inference_mode():
+        expected = net(input.float()).float().cpu().numpy()
+    actual = run_onnx(onnx_session(onnx_path), input)
+    if actual.shape != expected.shape:
+        raise AssertionError(
+            f"{onnx_path}: ONNX output shape {actual.shape} differs from PyTorch's "
+            f"{expected.shape} for input {tuple(input.shape)}"
+        )
+    return float(np.abs(actual - expected).max())
+
+
+def _key_value_to_flags(argv: Sequence[str]) -> list[str]:
+    """Accept Hydra-style ``ckpt=... out=...`` as well as ``--ckpt ... --out ...``."""
+    flags: list[str] = []
+    for token in argv:
+        match = re.fullmatch(r"([A-Za-z_][\w-]*)=(.*)", token)
+        flags.extend([f"--{match.group(1)}", match.group(2)] if match else [token])
+    return flags
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_modules.export",
+        description="Export a darkraw checkpoint's network (weight norm folded) to ONNX with "
+        "dynamic batch, height and width (packed sizes: multiples of 16).",
+    )
+    parser.add_argument("--ckpt", type=Path, required=True, help="darkraw Lightning checkpoint")
+    parser.add_argument("--out", type=Path, default=Path("model.onnx"))
+    parser.add_argument("--height", type=int, default=64, help="packed height of the trace input")
+    parser.add_argument("--width", type=int, default=64, help="packed width of the trace input")
+    parser.add_argument("--opset", type=int, default=None)
+    parser.add_argument("--static", action="store_true", help="fixed input size, no dynamic axes")
+    parser.add_argument("--check", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                        help="compare ONNX Runtime with PyTorch afterwards (default true)")
+    return parser.parse_args(_key_value_to_flags(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from darkraw.checkpoints import load_network
+    from darkraw.errors import DarkrawError
+
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value <= 0 or value % PACKED_MULTIPLE:
+            print(f"error: {name}={value} must be a positive multiple of {PACKED_MULTIPLE} "
+                  "(packed pixels)", file=sys.stderr)
+            return 2
+    try:
+        net = fold_weight_norm(load_network(args.ckpt, torch.device("cpu")))
+    except DarkrawError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    example = example_input(1, args.height, args.width)
+    path = export_onnx(net, args.out, example=example, dynamic=not args.static, opset=args.opset)
+    print(f"wrote {path} ({'static' if args.static else 'dynamic batch/height/width'})")
+    if args.check:
+        sizes = [(args.height, args.width)]
+        if not args.static:
+            sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
+        for h, w in sizes:
+            diff = check_onnx(path, net, example_input(1, h, w, seed=1))
+            print(f"onnxruntime vs PyTorch at packed {h}x{w}: max abs diff {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
