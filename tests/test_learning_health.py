@@ -1,0 +1,99 @@
+"""Runs that do not learn are stopped within a bounded number of steps, with the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from callbacks.learning_health import LearningHealth
+from darkraw.errors import TrainingHealthError
+from darkraw.health import raise_if_unhealthy
+from tests.health_helpers import (
+    fixture_data_overrides,
+    learning_health_config,
+    logged,
+    restoration_module,
+    synthetic_datamodule,
+    tiny_trainer,
+)
+from tests.helpers import FAST_TRAIN, run_entry_point
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores, 2 threads ran each step ~3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("health_cache")
+
+
+def test_learning_rate_zero_is_stopped_on_plateau(synthetic_sid: Path, cache_dir: Path,
+                                                  tmp_path: Path) -> None:
+    # plateau_requires=any: the validation metrics are exactly flat at lr 0, while the mean
+    # training loss of a 2-step window is noise (real windows average thousands of steps).
+    health = LearningHealth(**learning_health_config(warn_after=1, patience=2,
+                                                     plateau_requires="any"))
+    trainer = tiny_trainer(tmp_path, [health], max_steps=40, val_every=2)
+    with pytest.warns(UserWarning, match="training looks stuck"):
+        trainer.fit(restoration_module(lr=1e-12), synthetic_datamodule(synthetic_sid, cache_dir))
+    # First validation sets the best, two more without progress: stopped at the third.
+    assert trainer.global_step == 6
+    with pytest.raises(TrainingHealthError, match=r"(?s)not learning.*no learning progress.*"
+                       r"val/psnr .*not improved by 0.05 for 2 validations.*optimizer\.lr"):
+        raise_if_unhealthy(trainer)
+    # The indicators are in the metrics, for dashboards.
+    assert len(logged(tmp_path, "health/grad_norm")) >= 5
+    assert len(logged(tmp_path, "health/pred_std")) == 3
+    assert len(logged(tmp_path, "health/saturated_fraction")) == 3
+
+
+def test_far_too_high_learning_rate_kills_the_network_and_is_stopped(
+        synthetic_sid: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """lr 0.1 (1000x the paper's): one step and every output is clamped, no gradient left."""
+    health = LearningHealth(**learning_health_config(collapse_patience=2,
+                                                     vanishing_patience=3))
+    trainer = tiny_trainer(tmp_path, [health], max_steps=40, val_every=2)
+    trainer.fit(restoration_module(lr=0.1), synthetic_datamodule(synthetic_sid, cache_dir))
+    assert trainer.global_step <= 5
+    # Whichever sign shows first: 3 steps of zero gradient, or 2 validations of clamped output.
+    with pytest.raises(TrainingHealthError, match=r"(?s)not learning.*(gradients vanished: "
+                       r"global gradient norm 0 .* for 3 steps|predictions collapsed for 2 "
+                       r"validations.*100.0% of pixels at the clamp limits)"):
+        raise_if_unhealthy(trainer)
+    saturated = logged(tmp_path, "health/saturated_fraction")
+    assert saturated and max(saturated.values()) > 0.95  # and it shows in the metrics
+
+
+def test_healthy_run_is_not_flagged(synthetic_sid: Path, cache_dir: Path,
+                                    tmp_path: Path) -> None:
+    """The shipped thresholds on a working set-up: no warning, no stop, early on."""
+    health = LearningHealth(**learning_health_config())
+    trainer = tiny_trainer(tmp_path, [health], max_steps=8, val_every=2)
+    trainer.fit(restoration_module(lr=5e-4), synthetic_datamodule(synthetic_sid, cache_dir))
+    assert trainer.global_step == 8 and health.failure is None
+    raise_if_unhealthy(trainer)
+    assert health.collapsed < health.collapse_patience and health.vanishing == 0
+
+
+@pytest.mark.slow
+def test_train_py_exits_loudly_when_not_learning(synthetic_sid: Path, tmp_path: Path) -> None:
+    proc = run_entry_point(
+        "train.py", *FAST_TRAIN, "logger=csv",
+        *fixture_data_overrides(synthetic_sid), f"paths.root_dir={tmp_path}", "optimizer.lr=1e-12",
+        "preflight.enabled=false", "trainer.max_steps=40", "callbacks.image_panel=null",
+        "callbacks.learning_health.warn_after=1", "callbacks.learning_health.patience=2",
+        "callbacks.learning_health.plateau_requires=any",
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "darkraw: error: training stopped at step 6 because it is not learning" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,133 @@
+"""Non-finite steps are skipped and counted; K in a row stop the run; NaN never reaches disk."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins import MixedPrecision
+
+from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.nan_guard import NanGuard
+from darkraw.checkpoint_io import AtomicCheckpointIO
+from darkraw.errors import TrainingHealthError
+from darkraw.health import raise_if_unhealthy
+from tests.health_helpers import (
+    all_finite,
+    logged,
+    restoration_module,
+    synthetic_datamodule,
+    tiny_trainer,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores, 2 threads ran each step ~3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nan_cache")
+
+
+class Poison(L.Callback):
+    """Puts a NaN/inf into the batch input or into one gradient at the given optimiser steps."""
+
+    def __init__(self, steps: set[int], where: str, value: float = math.nan) -> None:
+        self.steps, self.where, self.value = steps, where, value
+        self.weights_before: dict[int, torch.Tensor] = {}
+        self.weights_after: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        self.weights_before[step] = next(pl_module.parameters()).detach().clone()
+        if self.where == "input" and step in self.steps:
+            batch["input"][0, 0, 0, 0] = self.value
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.where == "grad" and trainer.global_step in self.steps:
+            next(pl_module.parameters()).grad.view(-1)[0] = self.value
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.weights_after[trainer.global_step - 1] = next(pl_module.parameters()).detach().clone()
+
+
+@pytest.mark.parametrize("where", ["input", "grad"])
+def test_nonfinite_steps_are_skipped_and_counted(synthetic_sid: Path, cache_dir: Path,
+                                                 tmp_path: Path, where: str) -> None:
+    poison, guard = Poison({1, 3}, where), NanGuard(max_consecutive=3)
+    trainer = tiny_trainer(tmp_path, [poison, guard], max_steps=6, val_every=3)
+    module = restoration_module()
+    trainer.fit(module, synthetic_datamodule(synthetic_sid, cache_dir))
+    assert trainer.global_step == 6 and guard.failure is None
+    raise_if_unhealthy(trainer)
+    assert guard.total_skipped == 2 and all_finite(module)
+    for step in (1, 3):  # skipped: no update at all
+        assert torch.equal(poison.weights_before[step], poison.weights_after[step])
+    assert not torch.equal(poison.weights_before[2], poison.weights_after[2])  # others train
+    skipped = logged(tmp_path, "train/nonfinite_skipped")
+    assert skipped[0] == 0 and skipped[1] == 1 and skipped[3] == 2 and skipped[5] == 2
+
+
+def test_k_nonfinite_steps_in_a_row_stop_the_run(synthetic_sid: Path, cache_dir: Path,
+                                                 tmp_path: Path) -> None:
+    guard = NanGuard(max_consecutive=3)
+    trainer = tiny_trainer(tmp_path, [Poison({2, 3, 4, 5, 6}, "input"), guard], max_steps=40,
+                           val_every=20)
+    trainer.fit(restoration_module(), synthetic_datamodule(synthetic_sid, cache_dir))
+    assert trainer.global_step == 5  # steps 2, 3, 4 skipped: stopped after the third
+    with pytest.raises(TrainingHealthError, match=r"(?s)not learning.*3 optimiser steps in a row "
+                       r"\(steps 2 to 4\) had a non-finite \(NaN/inf\) loss.*learning rate"):
+        raise_if_unhealthy(trainer)
+
+
+def test_grad_scaler_keeps_handling_overflow(synthetic_sid: Path, cache_dir: Path,
+                                             tmp_path: Path) -> None:
+    """16-mixed: the GradScaler skips the inf step and lowers its scale; the guard only counts."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    poison, guard = Poison({2}, "grad", math.inf), NanGuard(max_consecutive=3)
+    trainer = tiny_trainer(tmp_path, [poison, guard], max_steps=3, val_every=10,
+                           plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    module = restoration_module()
+    trainer.fit(module, synthetic_datamodule(synthetic_sid, cache_dir))
+    assert scaler.get_scale() == 2.0**7  # the scaler saw the inf and backed off once
+    assert guard.total_skipped == 1 and all_finite(module)
+    assert torch.equal(poison.weights_before[2], poison.weights_after[2])
+
+
+class Corrupt(L.Callback):
+    """Turns one weight into NaN after the optimiser step of ``step`` (a diverged update)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = math.nan
+
+
+def test_nan_weights_are_never_checkpointed(synthetic_sid: Path, cache_dir: Path,
+                                            tmp_path: Path) -> None:
+    last = LastCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2)
+    trainer = tiny_trainer(tmp_path, [Corrupt(step=3), last], max_steps=6, val_every=10,
+                           enable_checkpointing=True, plugins=[AtomicCheckpointIO()])
+    with pytest.raises(TrainingHealthError, match=r"refusing to write .*last\.ckpt at step 4"):
+        trainer.fit(restoration_module(), synthetic_datamodule(synthetic_sid, cache_dir))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2  # the last good one stays
+    assert all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values()
+               if t.is_floating_point())

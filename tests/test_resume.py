@@ -1,0 +1,145 @@
+"""A killed train.py run resumes with the same command and ends like an uninterrupted one.
+
+Real processes on the generated SID-style set: a reference run, then runs that are SIGKILLed or
+SIGTERMed as soon as their ``last.ckpt`` holds a new step, and relaunched.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.health_helpers import fixture_data_overrides
+from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 10
+# Fast settings; last.ckpt every step; the learning rate halves at step 6, so "same LR" means
+# the resumed scheduler state is right; a tiny pre-flight check (it must be skipped on resume).
+SETTINGS = (
+    *FAST_TRAIN, "logger=csv", "callbacks.image_panel=null",
+    f"trainer.max_steps={MAX_STEPS}", "trainer.val_check_interval=4",
+    "callbacks.last_checkpoint.every_n_train_steps=1",
+    "scheduler.milestones=[6]", "scheduler.gamma=0.5", "scheduler.min_lr=0",
+    "preflight.overfit.steps=5", "preflight.overfit.max_loss_ratio=0.99",
+)
+PREFLIGHT_PASSED = "pre-flight check passed"
+
+
+def command(synthetic_sid: Path, cache_dir: Path, root: Path) -> list[str]:
+    return [*SETTINGS, *fixture_data_overrides(synthetic_sid, cache_dir), f"paths.root_dir={root}"]
+
+
+def output_dir(root: Path) -> Path:
+    [folder] = [p.parent.parent for p in root.glob("outputs/*/runs/*/checkpoints/last.ckpt")]
+    return folder
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def metrics(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "csv" / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
+    return [(int(row["step"]), float(row[key])) for row in rows if row.get(key)]
+
+
+def lr_of(checkpoint: dict[str, Any]) -> float:
+    return checkpoint["optimizer_states"][0]["param_groups"][0]["lr"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("resume_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_sid: Path, cache_dir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run."""
+    root = tmp_path_factory.mktemp("reference")
+    proc = run_entry_point("train.py", *command(synthetic_sid, cache_dir, root))
+    assert PREFLIGHT_PASSED in proc.stdout + proc.stderr
+    return output_dir(root)
+
+
+def start_and_stop(args: list[str], root: Path, sig: signal.Signals, after_step: int = 0,
+                   timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Start train.py; once its last.ckpt is past ``after_step``, send ``sig``; wait for exit."""
+    out, err = root / f"{sig.name}.stdout", root / f"{sig.name}.stderr"
+    with open(out, "w") as stdout, open(err, "w") as stderr:  # files: a full pipe would block
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                                env=subprocess_env(), stdout=stdout, stderr=stderr)
+    step, deadline = after_step, time.monotonic() + timeout
+    try:
+        while step <= after_step:
+            assert proc.poll() is None, f"train.py ended before it was stopped:\n{err.read_text()}"
+            assert time.monotonic() < deadline, f"no last.ckpt past step {after_step} in time"
+            found = list(root.glob("outputs/*/runs/*/checkpoints/last.ckpt"))
+            if found:
+                step = load(found[0])["global_step"]  # complete: writes are atomic
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert step < MAX_STEPS, "the run finished before it could be stopped"
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(),
+                                       err.read_text())
+    return done, step
+
+
+def assert_same_as_reference(folder: Path, reference: Path) -> None:
+    final, ref = load(folder / "checkpoints" / "last.ckpt"), load(reference / "checkpoints" /
+                                                                  "last.ckpt")
+    assert final["global_step"] == ref["global_step"] == MAX_STEPS
+    assert lr_of(final) == lr_of(ref) == pytest.approx(5e-4 * 0.5)
+    rows, ref_rows = metrics(folder), metrics(reference)
+    assert max(int(r["step"]) for r in rows) == max(int(r["step"]) for r in ref_rows)
+    # Every step trained and logged once, at the reference's learning rate, validated alike.
+    assert [s for s, _ in column(rows, "train/loss")] == list(range(MAX_STEPS))
+    assert column(rows, "lr-Adam") == column(ref_rows, "lr-Adam")
+    assert [s for s, _ in column(rows, "val/psnr")] == [s for s, _ in column(ref_rows, "val/psnr")]
+
+
+def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_dir: Path,
+                                                    reference: Path, tmp_path: Path) -> None:
+    """One run stopped twice (4 train.py processes in all, not 5: each costs seconds)."""
+    args = command(synthetic_sid, cache_dir, tmp_path)
+    # 1. SIGKILL: no chance to save; the last atomic write is the resume point.
+    killed, step = start_and_stop(args, tmp_path, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert PREFLIGHT_PASSED in killed.stdout + killed.stderr
+    folder = output_dir(tmp_path)
+    last = folder / "checkpoints" / "last.ckpt"
+    killed_at = load(last)["global_step"]
+    assert killed_at >= step >= 1
+
+    # 2. The same command resumes from that step (no pre-flight check), then gets SIGTERM:
+    # it saves, says so, and exits non-zero.
+    stopped, _ = start_and_stop(args, tmp_path, signal.SIGTERM, after_step=killed_at)
+    assert f"Restoring states from the checkpoint path at {last}" in stopped.stderr
+    assert PREFLIGHT_PASSED not in stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "darkraw: stopped by SIGTERM at step" in stopped.stderr
+    assert "Relaunch the same command to resume" in stopped.stderr
+    assert load(last)["global_step"] > killed_at
+
+    # 3. resume=true finishes it: same steps, learning rate and logged history as the reference.
+    resumed = run_entry_point("train.py", *args, "resume=true")
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr
+    assert_same_as_reference(folder, reference)
