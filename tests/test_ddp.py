@@ -1,0 +1,224 @@
+"""DDP under Hydra: how extra ranks are started, requeue checkpoints, and a real 2-rank CPU run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+import darkraw.resolvers  # noqa: F401  (the configs' folder resolvers)
+from darkraw.distributed import (
+    HYDRA_DDP_TARGET,
+    RankSeedOffset,
+    adapt_strategy,
+    rank_command,
+    resume_checkpoint,
+)
+from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+
+
+@pytest.mark.parametrize(
+    "strategy,expected",
+    [("ddp", {"_target_": HYDRA_DDP_TARGET, "find_unused_parameters": False}),
+     ("ddp_find_unused_parameters_true",
+      {"_target_": HYDRA_DDP_TARGET, "find_unused_parameters": True}),
+     ("auto", "auto"), ("ddp_spawn", "ddp_spawn")],
+)
+def test_lightning_ddp_string_becomes_the_job_aware_strategy(strategy: str,
+                                                             expected: object) -> None:
+    trainer_cfg = OmegaConf.create({"strategy": strategy})
+    note = adapt_strategy(trainer_cfg)
+    assert OmegaConf.to_container(trainer_cfg)["strategy"] == expected
+    assert (note is None) == (strategy == expected)
+
+
+def test_trainer_ddp_config_instantiates_the_job_aware_strategy() -> None:
+    from hydra.utils import instantiate
+
+    from darkraw.distributed import HydraDDPStrategy
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=ddp"])
+    assert cfg.trainer.devices == 2 and cfg.trainer.num_nodes == 1
+    assert isinstance(instantiate(cfg.trainer.strategy), HydraDDPStrategy)
+
+
+def test_extra_ranks_rerun_this_job_not_the_sweep(tmp_path: Path) -> None:
+    """In a multirun job, rank k re-runs the job's own overrides in the job's folder, no -m."""
+    GlobalHydra.instance().clear()
+    task = ["trainer=ddp", "optimizer.lr=0.0002", "data.root='/data/a b,c'"]
+    hydra_overrides = ["hydra.mode=MULTIRUN", "hydra/launcher=local",
+                       "hydra.sweep.subdir=job${hydra.job.num}", "hydra.verbose=true"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3",
+                               job_name="train"):
+        cfg = compose("train", overrides=[*hydra_overrides, *task], return_hydra_config=True)
+    job_dir = tmp_path / "multirun" / "lr=0.0002,x=1"
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(job_dir)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        command, cwd = rank_command(1)
+    finally:
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
+    assert command[1] == str(REPO / "train.py")  # pytest's argv[0] is not the Hydra app
+    assert command[2:4] == ["--config-name", "train"]
+    assert command[4:7] == task
+    assert "-m" not in command and "--multirun" not in command
+    assert not any(a.startswith(("hydra.mode", "hydra/launcher", "hydra.sweep")) for a in command)
+    assert "hydra.verbose=true" in command
+    assert f'hydra.run.dir="{job_dir}"' in command
+    assert command[-2:] == ["hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1"]
+    assert cwd == str(tmp_path)
+    # The quoted folder survives Hydra's override parser (it contains '=' and ',').
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(f'hydra.run.dir="{job_dir}"')
+    assert parsed.value() == str(job_dir)
+
+
+def test_resume_prefers_a_newer_slurm_requeue_checkpoint(tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    last = ckpt_dir / "last.ckpt"
+    last.write_bytes(b"last")
+    assert resume_checkpoint("auto", ckpt_dir, tmp_path) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"hpc")
+    os.utime(last, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    assert resume_checkpoint("auto", ckpt_dir, tmp_path) == str(hpc)
+    assert resume_checkpoint(True, ckpt_dir, tmp_path) == str(hpc)
+    os.utime(last, None)  # a validation after the requeue wrote last.ckpt again
+    assert resume_checkpoint("auto", ckpt_dir, tmp_path) == str(last)
+    # Starting over must also remove what Lightning would load by itself under SLURM.
+    assert resume_checkpoint("false", ckpt_dir, tmp_path) is None
+    assert not hpc.exists() and last.exists()
+
+
+def test_each_rank_gets_its_own_augmentation_stream() -> None:
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(1234)  # seed_everything: the same on every rank
+        trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        RankSeedOffset(1234).on_train_start(trainer, None)  # type: ignore[arg-type]
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
+    torch.manual_seed(1235)
+    assert torch.equal(draws[1], torch.rand(4))
+    # A single process keeps the global seed untouched.
+    torch.manual_seed(7)
+    RankSeedOffset(1234).on_train_start(SimpleNamespace(world_size=1, global_rank=0), None)
+    torch_seed_7 = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(torch_seed_7, torch.rand(1))
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_train_one_run(synthetic_sid: Path, tmp_path: Path) -> None:
+    """trainer=ddp with 2 gloo ranks: both train, each on its own shard, and one run comes out."""
+    from lightning_modules.module import RestorationModule
+
+    run_entry_point(
+        "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=sid",
+        f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}", *FAST_TRAIN,
+        "data.patches_per_epoch=4", "preflight.enabled=false", timeout=240,
+    )
+    runs = list((tmp_path / "outputs").glob("*/runs/*"))
+    assert len(runs) == 1
+    run = runs[0]
+
+    # Both ranks ran, in the same folder, each with half of the global batch of 2.
+    reports = [json.loads((run / "ranks" / f"rank{k}.json").read_text()) for k in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert report["global_rank"] == rank and report["world_size"] == 2
+        assert report["batch_size_per_rank"] == 1 and report["global_batch_size"] == 2
+        assert report["sampler"] == "DistributedSampler"
+        assert report["cluster_environment"] == "LightningEnvironment"
+    shards = [set(report["first_indices"]) for report in reports]
+    assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == {0, 1, 2, 3}
+    assert "DDP rank 0/2" in (run / "train.log").read_text()
+    assert "DDP rank 1/2" in (run / "train_ddp_process_1.log").read_text()
+
+    # Rank 0 alone wrote the results: one of each, nowhere else.
+    assert [p.relative_to(run) for p in tmp_path.rglob("metrics.csv")] == [Path("csv/metrics.csv")]
+    assert [p.relative_to(run) for p in tmp_path.rglob("last.ckpt")] == [
+        Path("checkpoints/last.ckpt")
+    ]
+    assert len(list(tmp_path.rglob("offline-run-*"))) == 1
+    assert len(list(run.glob("wandb/offline-run-*"))) == 1
+    assert list(tmp_path.rglob(".hydra")) == [run / ".hydra"]
+    assert "val/psnr" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["global_step"] == 4
+    module = RestorationModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt",
+                                                    map_location="cpu")
+    with torch.no_grad():
+        assert module(torch.rand(1, 4, 32, 32)).shape == (1, 3, 64, 64)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_slurm_tasks_on_two_nodes_are_joined_into_one_run(synthetic_sid: Path,
+                                                          tmp_path: Path) -> None:
+    """What `srun` does for nodes=2, ntasks-per-node=1: two processes, each running train.py.
+
+    Each composes the same override-named folder; Lightning detects SLURM and joins them (it
+    starts no process of its own); both nodes' first process builds the data cache, serialised
+    by the cache's lock.
+    """
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
+            "data=sid", f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}", *FAST_TRAIN,
+            "trainer.max_steps=2", "data.patches_per_epoch=4", "preflight.enabled=false"]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
+             "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "quickstart",
+             "SLURM_NODELIST": "localhost", "MASTER_PORT": str(_free_port())}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=subprocess_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID="0",
+                               SLURM_NODEID=str(rank)),
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-6000:]
+
+    runs = list((tmp_path / "outputs").glob("*/runs/*"))
+    assert len(runs) == 1
+    run = runs[0]
+    for rank in (0, 1):
+        report = json.loads((run / "ranks" / f"rank{rank}.json").read_text())
+        assert report["cluster_environment"] == "SLURMEnvironment"
+        assert report["node_rank"] == rank and report["local_rank"] == 0
+        assert report["world_size"] == 2 and report["batch_size_per_rank"] == 1
+    assert not list(run.glob("*_ddp_process_*.log"))  # Lightning started no rank itself
+    assert len(list(tmp_path.rglob("offline-run-*"))) == 1
+    assert [p.relative_to(run) for p in tmp_path.rglob("last.ckpt")] == [
+        Path("checkpoints/last.ckpt")
+    ]
