@@ -1,0 +1,291 @@
+"""Ablation sweeps as users type them: named sweeps compose, real multiruns run, fail and compare.
+
+Fast tests compose the named sweeps with Hydra's compose API and expand them into jobs the way
+Hydra's BasicSweeper does. The slow ones run ``train.py -m`` in a subprocess on the generated
+SID-style set for a few steps, then ``python -m sweeps.compare`` on its folder, and check the
+table against each job's own ``csv/metrics.csv`` and the W&B group/tags against each job's
+offline run (read with ``wandb leet inspect --json``, W&B's own reader).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+import darkraw.resolvers  # noqa: F401  (the folder-name resolver the hydra config uses)
+from lightning_modules.schedule import floor_warning, lr_multiplier
+from sweeps.job_status import read_status
+from sweeps.wandb_offline import find_run_dirs, read_run_record
+from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+
+CONF = REPO / "conf"
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def planned_jobs(overrides: list[str], sweep_args: list[str] = ()) -> list[list[str]]:
+    """The jobs Hydra's BasicSweeper launches: its ``params`` plus command-line sweeps."""
+    cfg = compose_train(overrides)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides) + list(sweep_args)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "jobs", "swept"),
+    [
+        ("rdb", 2, {"model.rdb"}),
+        ("rdb_seeds", 6, {"model.rdb", "seed"}),
+        ("lr_decay", 3, {"scheduler.gamma"}),
+        ("ablation", 6, {"model.rdb", "scheduler.gamma"}),
+    ],
+)
+def test_named_sweeps_compose_and_expand(sweep: str, jobs: int, swept: set[str]) -> None:
+    cfg = compose_train([f"+sweep={sweep}"])
+    assert cfg.hydra.mode.name == "MULTIRUN"  # `-m` is optional
+    assert "basic_sweeper" in cfg.hydra.sweeper._target_
+    planned = planned_jobs([f"+sweep={sweep}"])
+    assert len(planned) == jobs
+    values: dict[str, set[str]] = {}
+    for job in planned:
+        for override in job:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    assert {k for k, v in values.items() if len(v) > 1} == swept
+    for job in planned:  # every job's config composes
+        compose_train(job)
+
+
+def test_seeds_as_a_command_line_axis() -> None:
+    planned = planned_jobs(["+sweep=rdb"], ["seed=1,2,3"])
+    assert len(planned) == 6
+    assert {tuple(sorted(j)) for j in planned} == {
+        tuple(sorted(["+sweep=rdb", f"model.rdb={r}", f"seed={s}"]))
+        for r in ("after", "before") for s in (1, 2, 3)}
+
+
+def test_lr_decay_strong_arm_is_not_floored_back_to_baseline() -> None:
+    """With the recipe's 1e-5 floor, gamma 0.02 equals 0.1 at lr 1e-4: the sweep sets min_lr 0."""
+    base = ["experiment=ablation_baseline", "+sweep=lr_decay"]
+    final_lr = {}
+    for job in planned_jobs(base):
+        cfg = compose_train(job)
+        s, lr = cfg.scheduler, cfg.optimizer.lr
+        assert cfg.name == "ablation_baseline" and list(s.milestones) == [250000]
+        assert s.min_lr == 0 and floor_warning(lr, s.milestones, s.gamma, s.min_lr) is None
+        final_lr[s.gamma] = lr * lr_multiplier(400_000, lr, s.milestones, s.gamma, s.min_lr)
+    assert final_lr == pytest.approx({1: 1e-4, 0.1: 1e-5, 0.02: 2e-6})
+    # The pitfall the sweep avoids: the baseline's floor makes the strong arm x0.1.
+    floored = compose_train(["experiment=ablation_baseline", "scheduler.gamma=0.02"]).scheduler
+    assert floor_warning(1e-4, floored.milestones, 0.02, floored.min_lr) is not None
+
+
+def test_optuna_sweep_composes() -> None:
+    cfg = compose_train(["+sweep=optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_.lower()
+    assert sweeper.direction == "maximize" and sweeper.n_trials == 20
+    assert set(sweeper.params) == {"optimizer.lr", "loss.ms_ssim_weight"}
+    assert sweeper.max_failure_rate == 1.0
+    assert cfg.optimized_metric == "val/psnr"
+    assert compose_train(["+sweep=optuna", "hydra.sweeper.n_trials=3"]).hydra.sweeper.n_trials == 3
+
+
+def test_wandb_tags_fit_wandbs_limit() -> None:
+    from darkraw.training import WANDB_TAG_MAX, wandb_tags
+
+    tags = wandb_tags("quickstart", [], ["model.rdb=after", "data.root=/" + "x" * 100])
+    assert "model.rdb=after" in tags and "quickstart" in tags
+    assert all(1 <= len(t) <= WANDB_TAG_MAX for t in tags)
+
+
+# ----------------------------------------------------------------------------- real sweeps
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One decoded cache for every sweep of this module (the first job builds it)."""
+    return tmp_path_factory.mktemp("sweep_cache")
+
+
+def fast(synthetic_sid: Path, cache_dir: Path, root: Path, *extra: str) -> list[str]:
+    """FAST_TRAIN on the generated set, plus what these sweeps need, without repeating a key."""
+    wanted = [
+        *FAST_TRAIN, f"data.root={synthetic_sid}", f"data.cache_dir={cache_dir}",
+        f"paths.root_dir={root}", "preflight.enabled=false",
+        *extra,
+    ]
+    out: dict[str, str] = {}
+    for item in wanted:  # later items win, as on a command line
+        out[item.split("=", 1)[0]] = item
+    return list(out.values())
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p.parent.parent for p in sweep.glob("*/.hydra/overrides.yaml"))
+
+
+def job_overrides(job: Path) -> list[str]:
+    return [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+
+
+def metric_values(job: Path, key: str) -> list[float]:
+    """A metric straight from the job's CSV, in file order: the comparison's ground truth."""
+    with open(job / "csv" / "metrics.csv", newline="") as handle:
+        return [float(r[key]) for r in csv.DictReader(handle) if r.get(key) not in (None, "")]
+
+
+def read_table(sweep: Path) -> dict[str, dict[str, str]]:
+    with open(sweep / "comparison.csv", newline="") as handle:
+        return {r["job_dir"]: r for r in csv.DictReader(handle)}
+
+
+def inspect_run(run_dir: Path) -> tuple[dict, dict]:
+    """(run record, merged config) as W&B's own CLI reads them from the offline .wandb log."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    if not wandb_cli.exists():
+        wandb_cli = Path(shutil.which("wandb") or "wandb")
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)],
+                          capture_output=True, text=True, timeout=60, env=subprocess_env(),
+                          stdin=subprocess.DEVNULL, check=True)
+    run, config = None, {}
+    for line in proc.stdout.splitlines():
+        record = json.loads(line)
+        if record.get("type") == "run":
+            run = record["run"]
+        elif record.get("type") == "config":
+            config.update(record["config"].get("update", {}))
+    assert run is not None, f"no run record in {run_dir}: {proc.stdout[:500]}"
+    return run, config
+
+
+@pytest.mark.slow
+def test_rdb_multirun_then_comparison(synthetic_sid: Path, cache_dir: Path,
+                                      tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_entry_point("train.py", "-m", "model.rdb=after,before", f"hydra.sweep.dir={sweep}",
+                    *fast(synthetic_sid, cache_dir, tmp_path), timeout=400)
+    jobs = job_dirs(sweep)
+    assert [dict(o.split("=", 1) for o in job_overrides(j))["model.rdb"] for j in jobs] == [
+        "after", "before"]
+
+    proc = subprocess.run([sys.executable, "-m", "sweeps.compare", str(sweep)], cwd=tmp_path,
+                          env=subprocess_env(PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.rdb" in proc.stdout and "wandb sync" in proc.stdout
+
+    table = read_table(sweep)
+    assert len(table) == 2
+    for job in jobs:
+        row = table[str(job)]
+        status = read_status(job)
+        assert status["status"] == row["status"] == "completed"
+        psnr, ssim = metric_values(job, "val/psnr"), metric_values(job, "val/ssim")
+        assert len(psnr) == 2  # 4 steps, validation every 2
+        assert float(row["final_val_psnr"]) == pytest.approx(psnr[-1])
+        assert float(row["best_val_psnr"]) == pytest.approx(max(psnr))
+        assert float(row["final_val_ssim"]) == pytest.approx(ssim[-1])
+        assert float(row["best_val_ssim"]) == pytest.approx(max(ssim))
+        assert float(row["val_psnr_input"]) == pytest.approx(
+            sum(metric_values(job, "val/psnr_input")) / len(psnr))
+        assert int(row["steps"]) == status["global_step"] == 4
+        assert float(row["wall_s"]) == pytest.approx(status["wall_seconds"])
+        assert float(row["iters_per_s"]) > 0 and float(row["patches_per_s"]) > 0
+        assert row["learned"] in ("True", "False")  # 4 steps: judged, either way
+    for name in ("comparison_val.png", "comparison_train_loss.png", "comparison.md"):
+        assert (sweep / name).stat().st_size > 1000
+    assert "| model.rdb |" in (sweep / "comparison.md").read_text()
+
+    # One W&B group for the sweep, the swept value as a tag and in the (nested) config.
+    groups = set()
+    for job in jobs:
+        (run_dir,) = find_run_dirs(job)
+        run, config = inspect_run(run_dir)
+        rdb = dict(o.split("=", 1) for o in job_overrides(job))["model.rdb"]
+        groups.add(run["run_group"])
+        assert f"model.rdb={rdb}" in run["tags"]
+        assert all(len(t) <= 64 for t in run["tags"])
+        assert not any(t.startswith(("paths.", "data.root")) for t in run["tags"])
+        assert read_run_record(run_dir)["group"] == run["run_group"]  # compare's fast reader
+        assert config["model"]["rdb"] == rdb  # nested, so W&B can group runs by model.rdb
+    assert groups == {f"quickstart@{sweep.parent.name}_{sweep.name}"}
+
+
+@pytest.mark.slow
+def test_one_failing_job_does_not_stop_the_sweep(synthetic_sid: Path, cache_dir: Path,
+                                                 tmp_path: Path) -> None:
+    """A DarkrawError (lr -1) and a plain TypeError (lr 'bogus') first, then a good job."""
+    sweep = tmp_path / "sweep"
+    proc = run_entry_point("train.py", "-m", "optimizer.lr=-1,bogus,0.0005",
+                           f"hydra.sweep.dir={sweep}",
+                           *fast(synthetic_sid, cache_dir, tmp_path, "trainer.max_steps=2"),
+                           timeout=400)
+    assert proc.returncode == 0
+    by_lr = {dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]: j
+             for j in job_dirs(sweep)}
+    assert set(by_lr) == {"-1", "bogus", "0.0005"}
+    for lr, error_type in (("-1", "ConfigError"), ("bogus", "TypeError")):
+        job = by_lr[lr]
+        status = read_status(job)
+        assert status["status"] == "failed" and status["error_type"] == error_type
+        assert (job / "FAILED").is_file()
+        assert error_type in (job / "traceback.txt").read_text()
+        assert "Traceback" in (job / "traceback.txt").read_text()
+    good = by_lr["0.0005"]
+    assert read_status(good)["status"] == "completed"
+    assert not (good / "FAILED").exists() and metric_values(good, "val/psnr")
+
+    assert subprocess.run([sys.executable, "-m", "sweeps.compare", str(sweep), "--no-plots",
+                           "--quiet"], env=subprocess_env(PYTHONPATH=str(REPO)),
+                          timeout=120).returncode == 0
+    table = {r["optimizer.lr"]: r for r in read_table(sweep).values()}
+    assert table["-1"]["status"] == "failed" and "must be > 0" in table["-1"]["error"]
+    assert table["bogus"]["status"] == "failed"
+    assert table["0.0005"]["status"] == "completed"
+    assert "## Jobs that did not finish" in (sweep / "comparison.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_search_survives_a_failed_trial(synthetic_sid: Path, cache_dir: Path,
+                                               tmp_path: Path) -> None:
+    """Two trials, lr in {-1, 5e-4}: under Optuna a failed job is a FAIL trial, not the end.
+
+    The random sampler with seed 0 draws 5e-4 then -1 (optuna 2.10). The loss weight is fixed
+    on the command line, which takes it out of the search space.
+    """
+    sweep = tmp_path / "sweep"
+    run_entry_point("train.py", "+sweep=optuna", "hydra/sweeper/sampler=random",
+                    "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=2",
+                    "optimizer.lr=choice(-1,0.0005)", "loss.ms_ssim_weight=0.2",
+                    f"hydra.sweep.dir={sweep}",
+                    *fast(synthetic_sid, cache_dir, tmp_path, "trainer.max_steps=2"),
+                    timeout=400)
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_params["optimizer.lr"] == 0.0005
+    assert math.isfinite(result.best_value)
+    statuses = {dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]:
+                read_status(j)["status"] for j in job_dirs(sweep)}
+    assert statuses == {"0.0005": "completed", "-1": "failed"}
+
+
+@pytest.mark.slow
+def test_named_sweep_is_found_from_any_directory(tmp_path: Path) -> None:
+    proc = run_entry_point("train.py", "+sweep=rdb", "--cfg", "hydra", cwd=tmp_path, timeout=120)
+    assert "model.rdb: after,before" in proc.stdout
+    assert "mode: MULTIRUN" in proc.stdout
