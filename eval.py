@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
 from darkraw.errors import ConfigError, DarkrawError
+from darkraw.instantiate import instantiate_checked
 
 SPLITS = {"val": ("validate", "val_dataloader"), "test": ("test", "test_dataloader")}
 
@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     device = pick_device(cfg.device)
     net = load_network(cfg.ckpt, device)
     output = Path(cfg.output) if cfg.output else Path(cfg.ckpt).parent.parent / f"eval-{cfg.split}"
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_checked(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup(stage)
     loader = getattr(datamodule, loader_name)()

@@ -11,7 +11,6 @@ outputs/<experiment>/runs/<overrides>/ so relaunching a killed run resumes it.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 
 import hydra
@@ -26,17 +25,33 @@ log = logging.getLogger("darkraw")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported here so `--help` and config errors from Hydra come back instantly.
-    from darkraw.training import is_multirun, optimized_value, train
+    from darkraw.training import is_multirun, job_overrides, optimized_value, train
+    from sweeps.job_status import JobStatus, failed_job_result
 
+    # <job folder>/job_status.json says how this job ended (read by `python -m sweeps.compare`).
+    status = JobStatus(cfg.paths.output_dir, job_overrides())
     try:
+        status.start()
         summary = train(cfg)
     except DarkrawError as error:
+        status.failed(error)
         if is_multirun():
-            # One failing job must not stop the sweep; the error stays in this job's log.
+            # One failing job must not stop the sweep; the error stays in this job's folder.
             log.error("job failed: %s", error)
-            return math.nan
+            return failed_job_result(error)
         print(f"darkraw: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except Exception as error:
+        status.failed(error)
+        if is_multirun():
+            # A bug or a library error, same policy; the traceback is in traceback.txt.
+            log.exception("job failed with an unexpected error")
+            return failed_job_result(error)
+        raise
+    except BaseException as error:  # Ctrl-C (Lightning turns it into SystemExit), sys.exit
+        status.interrupted(error)
+        raise
+    status.completed(summary)
     return optimized_value(summary, cfg.get("optimized_metric", "val/psnr"))
 
 

@@ -21,14 +21,31 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.last_checkpoint import LastCheckpoint
+from darkraw.csv_logger import ResumableCSVLogger
 from darkraw.disk import GB, ensure_free_space
+from darkraw.distributed import (
+    adapt_strategy,
+    distributed_callbacks,
+    release_ranks,
+    resume_checkpoint,
+)
 from darkraw.errors import ConfigError
+from darkraw.health import raise_if_unhealthy
+from darkraw.instantiate import instantiate_checked
 from darkraw.plots import plot_learning_curve
-from darkraw.resume import resolve_resume
+from darkraw.preflight import run_preflight
 from lightning_modules.module import RestorationModule
 
 log = logging.getLogger(__name__)
@@ -87,7 +104,7 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     """Instantiate every non-null ``{name: {_target_: ...}}`` entry of a config group."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+    return [instantiate_checked(node) for node in group.values() if node and "_target_" in node]
 
 
 def is_multirun() -> bool:
@@ -100,10 +117,19 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def stable_run_id(output_dir: Path, fresh: bool) -> str:
-    """W&B id from the output folder: a resumed job continues the same W&B run."""
-    key = str(output_dir.resolve()) + (f"@{time.time_ns()}" if fresh else "")
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(output_dir: Path, fresh: bool) -> str:
+    """A new W&B id for a fresh run, kept in its folder so a resumed job continues that run."""
+    id_file = output_dir / WANDB_ID_FILE
+    if not fresh and id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = hashlib.sha1(f"{output_dir.resolve()}@{time.time_ns()}".encode()).hexdigest()[:16]
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    return run_id
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, fresh: bool) -> list[Logger]:
@@ -114,8 +140,30 @@ def build_loggers(cfg: DictConfig, output_dir: Path, fresh: bool) -> list[Logger
         if name == "wandb":
             loggers.append(build_wandb_logger(cfg, node, output_dir, fresh))
         else:
-            loggers.append(instantiate(node))
+            logger = instantiate(node)
+            if isinstance(logger, ResumableCSVLogger):
+                logger.append = not fresh  # a resumed run continues its metrics.csv
+            loggers.append(logger)
     return loggers
+
+
+#: W&B refuses to start a run with a tag longer than this (wandb 0.31 raises at init).
+WANDB_TAG_MAX = 64
+
+
+def wandb_tags(name: str, configured: list[str], overrides: list[str]) -> list[str]:
+    """The experiment name and the job's overrides (a sweep's values), as W&B tags.
+
+    Overrides whose key is excluded from folder names (paths, data roots: noise, and often longer
+    than W&B's 64 characters, which would make ``wandb.init`` fail the job) are left out; any
+    other tag that is still too long is shortened.
+    """
+    excluded: set[str] = set()
+    if HydraConfig.initialized():
+        excluded = set(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded]
+    tags = {str(t) for t in (*configured, name, *kept) if str(t)}
+    return sorted(t if len(t) <= WANDB_TAG_MAX else t[: WANDB_TAG_MAX - 3] + "..." for t in tags)
 
 
 def build_wandb_logger(cfg: DictConfig, node: DictConfig, output_dir: Path,
@@ -125,14 +173,15 @@ def build_wandb_logger(cfg: DictConfig, node: DictConfig, output_dir: Path,
     group = node.get("group")
     if not group:
         # One W&B group per sweep (its folder is unique), the experiment name for single runs.
-        group = (f"{cfg.name}@{Path(HydraConfig.get().sweep.dir).name}"
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        group = (f"{cfg.name}@{sweep_dir.parent.name}_{sweep_dir.name}"  # date_time
                  if is_multirun() else cfg.name)
-    tags = sorted({*node.get("tags", []), cfg.name, *overrides})
+    tags = wandb_tags(cfg.name, node.get("tags", []), overrides)
     extra = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
              if k not in ("group", "tags", "name")}
     extra["name"] = node.get("name") or f"{cfg.name}/{run_name}"
     return instantiate(
-        {**extra, "group": group, "tags": tags, "id": stable_run_id(output_dir, fresh),
+        {**extra, "group": group, "tags": tags, "id": wandb_run_id(output_dir, fresh),
          "resume": "allow"}
     )
 
@@ -145,8 +194,45 @@ def log_resolved_config(loggers: list[Logger], cfg: DictConfig) -> None:
 
 
 def checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
-    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    return Path(node.dirpath) if node and node.get("dirpath") else output_dir / "checkpoints"
+    """Where last.ckpt lives: callbacks/last_checkpoint.py writes it (resume reads it)."""
+    callbacks = cfg.get("callbacks") or {}
+    for name in ("last_checkpoint", "model_checkpoint"):
+        node = callbacks.get(name)
+        if node and node.get("dirpath"):
+            return Path(node.dirpath)
+    return output_dir / "checkpoints"
+
+
+def build_plugins(cfg: DictConfig) -> list[Any]:
+    """The trainer's own plugins plus the atomic, space-checked CheckpointIO (conf: checkpoint_io).
+
+    Every checkpoint (last.ckpt, best, SIGTERM saves) goes through it: darkraw/checkpoint_io.py.
+    """
+    configured = cfg.trainer.get("plugins")
+    plugins = list(instantiate(configured)) if configured else []
+    node = cfg.get("checkpoint_io")
+    if node and "_target_" in node:
+        plugins.append(instantiate(node))
+    return plugins
+
+
+def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path) -> SystemExit:
+    """SIGTERM'd fit: say where it stopped and how to resume; exit 143 (128 + SIGTERM).
+
+    Lightning 2.6.6 turns SIGTERM into ``SIGTERMException``, a ``SystemExit`` with no code: the
+    process would exit 0, as if training had finished. Under ``-m`` this ends the whole sweep,
+    as a terminated process should; each finished or saved job resumes on relaunch.
+    """
+    saved = [cb.saved_step for cb in trainer.callbacks
+             if isinstance(cb, LastCheckpoint) and cb.saved_step is not None]
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        where = f"no {last} to resume from: a relaunch starts over"
+    else:
+        where = f"resume point {last}" + (f" at step {saved[0]}" if saved else "")
+    print(f"darkraw: stopped by SIGTERM at step {trainer.global_step}; {where}. Relaunch the "
+          "same command to resume (resume=auto).", file=sys.stderr, flush=True)
+    return SystemExit(143)
 
 
 def finish_wandb() -> None:
@@ -167,10 +253,15 @@ def summarise(trainer: L.Trainer, output_dir: Path, loggers: list[Logger],
         summary.metrics[key] = float(value)
     for callback in trainer.callbacks:
         if isinstance(callback, ModelCheckpoint):
-            summary.best_checkpoint = callback.best_model_path or None
-            summary.last_checkpoint = callback.last_model_path or None
+            # Two of them: best (model_checkpoint) and last (last_checkpoint); keep each one's.
+            summary.best_checkpoint = callback.best_model_path or summary.best_checkpoint
+            summary.last_checkpoint = callback.last_model_path or summary.last_checkpoint
             if callback.best_model_score is not None:
                 summary.metrics[f"best/{callback.monitor}"] = float(callback.best_model_score)
+    if not trainer.is_global_zero:
+        # Under DDP the files and the W&B run belong to rank 0; elsewhere `logger.experiment` is
+        # a dummy and a second plot would race rank 0's.
+        return summary
     for logger in loggers:
         if isinstance(logger, CSVLogger):
             csv_path = Path(logger.log_dir) / "metrics.csv"
@@ -218,27 +309,52 @@ def train(cfg: DictConfig) -> RunSummary:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     check_trainer_config(cfg.trainer)
+    strategy_note = adapt_strategy(cfg.trainer)
+    if strategy_note:
+        log.info(strategy_note)
     module = build_module(cfg)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
-    ckpt_path = resolve_resume(cfg.get("resume", "auto"), ckpt_dir)
+    ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir,
+                                  Path(cfg.trainer.get("default_root_dir") or output_dir))
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_checked(cfg.data, _convert_="all")
     callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # `trainer.enable_progress_bar=false` is how users (and CI logs) ask for plain output.
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    callbacks += distributed_callbacks(cfg.seed, output_dir)
     loggers = build_loggers(cfg, output_dir, fresh=ckpt_path is None)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if not loggers:
+        # logger=none: the lr is still in every checkpoint; Lightning refuses the monitor.
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    trainer: L.Trainer = instantiate_checked(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False,
+        plugins=build_plugins(cfg) or None,
+    )
+    if ckpt_path is None:
+        # Seconds of checks before hours of training; a resumed run passed them already.
+        run_preflight(module, datamodule, cfg.get("preflight"), trainer.strategy.root_device)
+    failed = True
     try:
         log_resolved_config(loggers, cfg)
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException as stop:
+            raise sigterm_exit(trainer, ckpt_dir) from stop
+        raise_if_unhealthy(trainer)  # a health callback stopped it: exit 1, with the reason
         if cfg.get("test_after_fit"):
             trainer.test(module, datamodule=datamodule, ckpt_path="best")
         summary = summarise(trainer, output_dir, loggers, started)
+        failed = False
     finally:
         finish_wandb()
+        # DDP: wait for the other ranks and free the process group before the next job.
+        release_ranks(trainer, failed)
     if trainer.is_global_zero:
         print_summary(summary)
     return summary

@@ -414,8 +414,11 @@ class SyntheticSIDDataModule(SIDDataModule):
     """The same pipeline on a generated SID-style set: runs anywhere, with no download."""
 
     def __init__(self, *args: Any, synthetic: Mapping[str, Any] | None = None, **kwargs: Any):
+        # Plain before super().__init__: save_hyperparameters reads this frame's locals, and an
+        # OmegaConf object in a checkpoint makes Lightning's weights-only loading refuse it.
+        synthetic = dict(_plain(synthetic) or {})
         super().__init__(*args, **kwargs)
-        self.synthetic = dict(_plain(synthetic) or {})
+        self.synthetic = synthetic
 
     def prepare_data(self) -> None:
         from datamodules.synthetic import generate_synthetic_sid
