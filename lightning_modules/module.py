@@ -117,7 +117,11 @@ class RestorationModule(L.LightningModule):
             # Returning None skips this optimiser step; the NaN guard stops runs that repeat it.
             self.nonfinite_steps += 1
             self.nonfinite_total += 1
-            self.log("train/nonfinite_skipped", float(self.nonfinite_total))
+            trainer = getattr(self, "_trainer", None)
+            if trainer is not None and trainer.world_size > 1:
+                # DDP: every rank must run backward (Lightning refuses None there). The NaN
+                # gradients are all-reduced to every rank, so the NaN guard skips the step on all.
+                return parts.total
             return None
         self.nonfinite_steps = 0
         batch_size = prediction.shape[0]

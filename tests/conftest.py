@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -21,9 +22,12 @@ def _seed() -> None:
 def synthetic_sid(tmp_path_factory: pytest.TempPathFactory):
     """A tiny synthetic SID-style set (real DNG files), generated once per test session."""
     from datamodules.synthetic import generate_synthetic_sid
+    from tests.helpers import FIXTURE_SET
 
     root = tmp_path_factory.mktemp("synthetic_sid")
-    return generate_synthetic_sid(
-        root, num_train_scenes=3, num_val_scenes=1, num_test_scenes=1, height=256, width=320,
-        shots_per_scene=1, seed=0, progress=False,
-    )
+    yield generate_synthetic_sid(root, **FIXTURE_SET, progress=False)
+    # A test that points the synthetic data config at this set without FIXTURE_SET (see
+    # tests/helpers.fixture_data_overrides) makes it regenerate: other tests then see other data.
+    parameters = json.loads((root / ".darkraw_synthetic.json").read_text())["parameters"]
+    changed = {k: parameters.get(k) for k, v in FIXTURE_SET.items() if parameters.get(k) != v}
+    assert not changed, f"a test regenerated the shared synthetic_sid fixture: {changed}"

@@ -18,28 +18,13 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.module import RestorationModule
-from tests.helpers import REPO
+from tests.helpers import FIXTURE_SET, REPO
 
 # Small and fast on 2 CPU cores; 192 px is the smallest crop MS-SSIM's 5 scales accept.
 DATA_OVERRIDES: dict[str, Any] = {
     "patch_size": 192, "batch_size": 2, "num_workers": 0, "persistent_workers": False,
     "val_max_images": 1, "progress": False,
 }
-
-
-# The generation parameters of the ``synthetic_sid`` fixture (tests/conftest.py). The data
-# module regenerates its root when they differ, which would rewrite the shared fixture.
-FIXTURE_SET = {"num_train_scenes": 3, "num_val_scenes": 1, "num_test_scenes": 1, "height": 256,
-               "width": 320, "shots_per_scene": 1, "seed": 0}
-
-
-def fixture_data_overrides(root: Path, cache_dir: Path | None = None) -> list[str]:
-    """train.py overrides that point the synthetic data config at the fixture's set."""
-    overrides = [f"data.root={root}"]
-    overrides += [f"data.synthetic.{key}={value}" for key, value in FIXTURE_SET.items()]
-    if cache_dir is not None:
-        overrides.append(f"data.cache_dir={cache_dir}")
-    return overrides
 
 
 def synthetic_datamodule(root: Path, cache_dir: Path, **overrides: Any) -> L.LightningDataModule:

@@ -49,3 +49,19 @@ FAST_TRAIN = (
     "data.patch_size=192",
     "data.val_max_images=1",
 )
+
+
+# The generation parameters of the session's ``synthetic_sid`` fixture (tests/conftest.py). The
+# synthetic data module regenerates its root when they differ from its config, which would
+# silently rewrite the shared fixture: every test pointing at it passes them.
+FIXTURE_SET = {"num_train_scenes": 3, "num_val_scenes": 1, "num_test_scenes": 1, "height": 256,
+               "width": 320, "shots_per_scene": 1, "seed": 0}
+
+
+def fixture_data_overrides(root: Path, cache_dir: Path | None = None) -> list[str]:
+    """train.py overrides that point the synthetic data config at the fixture's set."""
+    overrides = [f"data.root={root}"]
+    overrides += [f"data.synthetic.{key}={value}" for key, value in FIXTURE_SET.items()]
+    if cache_dir is not None:
+        overrides.append(f"data.cache_dir={cache_dir}")
+    return overrides

@@ -17,7 +17,7 @@ from skimage.metrics import structural_similarity
 
 from datamodules.dng import write_bayer_dng
 from lightning_modules.module import RestorationModule
-from tests.helpers import run_entry_point
+from tests.helpers import fixture_data_overrides, run_entry_point
 
 CONSTANT = 0.5
 
@@ -60,7 +60,7 @@ def expected_scores(target: torch.Tensor) -> tuple[float, float]:
 def test_eval_writes_correct_per_image_metrics(synthetic_sid: Path, constant_checkpoint: Path,
                                                tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    overrides = [f"data.root={synthetic_sid}", f"data.cache_dir={tmp_path / 'cache'}",
+    overrides = [*fixture_data_overrides(synthetic_sid, tmp_path / "cache"),
                  "data.num_workers=0", "data.persistent_workers=false",
                  f"paths.root_dir={tmp_path}", f"ckpt={constant_checkpoint}", "split=val",
                  f"output={out}", "data.progress=false"]

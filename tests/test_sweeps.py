@@ -27,7 +27,13 @@ import darkraw.resolvers  # noqa: F401  (the folder-name resolver the hydra conf
 from lightning_modules.schedule import floor_warning, lr_multiplier
 from sweeps.job_status import read_status
 from sweeps.wandb_offline import find_run_dirs, read_run_record
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+from tests.helpers import (
+    FAST_TRAIN,
+    REPO,
+    fixture_data_overrides,
+    run_entry_point,
+    subprocess_env,
+)
 
 CONF = REPO / "conf"
 
@@ -126,7 +132,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fast(synthetic_sid: Path, cache_dir: Path, root: Path, *extra: str) -> list[str]:
     """FAST_TRAIN on the generated set, plus what these sweeps need, without repeating a key."""
     wanted = [
-        *FAST_TRAIN, f"data.root={synthetic_sid}", f"data.cache_dir={cache_dir}",
+        *FAST_TRAIN, *fixture_data_overrides(synthetic_sid, cache_dir),
         f"paths.root_dir={root}", "preflight.enabled=false",
         *extra,
     ]

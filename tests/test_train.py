@@ -13,14 +13,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lightning_modules.module import RestorationModule
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point
+from tests.helpers import FAST_TRAIN, REPO, fixture_data_overrides, run_entry_point
 
 pytestmark = pytest.mark.slow
 
 
 def data_overrides(synthetic_sid: Path, tmp_path: Path) -> list[str]:
-    return [f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
+    return [*fixture_data_overrides(synthetic_sid, tmp_path / "cache"),
+            f"paths.root_dir={tmp_path}"]
 
 
 def only_run_dir(tmp_path: Path) -> Path:
