@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
-from darkraw.errors import ConfigError, DarkrawError
+from darkraw.cli import run_reporting_user_errors
+from darkraw.errors import ConfigError
 from darkraw.instantiate import instantiate_checked
 
 SPLITS = {"val": ("validate", "val_dataloader"), "test": ("test", "test_dataloader")}
@@ -49,11 +50,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except DarkrawError as error:
-        print(f"darkraw: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_reporting_user_errors(run, cfg)
 
 
 if __name__ == "__main__":

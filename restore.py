@@ -13,7 +13,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from darkraw.errors import ConfigError, DarkrawError
+from darkraw.cli import run_reporting_user_errors
+from darkraw.errors import ConfigError
 
 AUTOCAST = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,11 +45,7 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="restore")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except DarkrawError as error:
-        print(f"darkraw: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_reporting_user_errors(run, cfg)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ outputs/<experiment>/runs/<overrides>/ so relaunching a killed run resumes it.
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
+from darkraw.cli import exit_with_user_error
 from darkraw.errors import DarkrawError
 
 log = logging.getLogger("darkraw")
@@ -39,8 +39,7 @@ def main(cfg: DictConfig) -> float:
             # One failing job must not stop the sweep; the error stays in this job's folder.
             log.error("job failed: %s", error)
             return failed_job_result(error)
-        print(f"darkraw: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_user_error(error)
     except Exception as error:
         status.failed(error)
         if is_multirun():

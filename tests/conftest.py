@@ -31,3 +31,19 @@ def synthetic_sid(tmp_path_factory: pytest.TempPathFactory):
     parameters = json.loads((root / ".darkraw_synthetic.json").read_text())["parameters"]
     changed = {k: parameters.get(k) for k, v in FIXTURE_SET.items() if parameters.get(k) != v}
     assert not changed, f"a test regenerated the shared synthetic_sid fixture: {changed}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for in-process training tests: on 2 shared cores, 2 threads ran each
+    step about 3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A packed-data cache folder shared by the tests of one module."""
+    return tmp_path_factory.mktemp("cache")

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from callbacks.learning_health import LearningHealth
 from darkraw.errors import TrainingHealthError
 from darkraw.health import raise_if_unhealthy
 from tests.health_helpers import (
-    fixture_data_overrides,
     learning_health_config,
     logged,
     restoration_module,
     synthetic_datamodule,
     tiny_trainer,
 )
-from tests.helpers import FAST_TRAIN, run_entry_point
+from tests.helpers import FAST_TRAIN, fixture_data_overrides, run_entry_point
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on 2 shared cores, 2 threads ran each step ~3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("health_cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_learning_rate_zero_is_stopped_on_plateau(synthetic_sid: Path, cache_dir: Path,

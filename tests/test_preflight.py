@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,31 +11,18 @@ import torch
 from darkraw.preflight import PreflightError, run_preflight
 from tests.health_helpers import (
     BrokenData,
-    fixture_data_overrides,
     preflight_config,
     restoration_module,
     scaled_inputs,
     shuffled_targets,
     synthetic_datamodule,
 )
-from tests.helpers import FAST_TRAIN, run_entry_point
+from tests.helpers import FAST_TRAIN, fixture_data_overrides, run_entry_point
 
 # Small enough for a CPU test, strict enough to separate a working set-up from lr 0.
 QUICK = {"overfit": {"steps": 40, "max_loss_ratio": 0.85}}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on 2 shared cores, 2 threads ran each step ~3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("preflight_cache")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_working_setup_passes_and_leaves_training_untouched(synthetic_sid: Path,

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.health_helpers import fixture_data_overrides
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+from tests.helpers import FAST_TRAIN, REPO, fixture_data_overrides, run_entry_point, subprocess_env
 
 pytestmark = pytest.mark.slow
 
