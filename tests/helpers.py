@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from lightning_modules.network import DarkRestorationNet
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -65,3 +69,19 @@ def fixture_data_overrides(root: Path, cache_dir: Path | None = None) -> list[st
     if cache_dir is not None:
         overrides.append(f"data.cache_dir={cache_dir}")
     return overrides
+
+
+def perturbed_net(rdb: str = "before") -> DarkRestorationNet:
+    """A network whose magnitudes g no longer equal ||v|| and whose biases are not zero.
+
+    At initialisation g == ||v|| and the biases are 0, which would let a wrong weight-norm fold
+    or a wrong checkpoint mapping pass unnoticed.
+    """
+    net = DarkRestorationNet(rdb=rdb)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.endswith("bias"):
+                param.add_(0.05 * torch.randn_like(param))
+            else:
+                param.mul_(1 + 0.3 * torch.randn_like(param))
+    return net.eval()

@@ -18,18 +18,7 @@ from lightning_modules.export import (
 )
 from lightning_modules.network import DarkRestorationNet
 from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
-
-
-def perturbed_net() -> DarkRestorationNet:
-    """Stands in for a trained network: g differs from ||v|| and biases are non-zero."""
-    net = DarkRestorationNet()
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("bias"):
-                param.add_(0.05 * torch.randn_like(param))
-            else:
-                param.mul_(1 + 0.3 * torch.randn_like(param))
-    return net.eval()
+from tests.helpers import perturbed_net
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,11 @@ from lightning_modules.inference import (
     prepare_for_inference,
     resolve_dtype,
 )
-from lightning_modules.network import DarkRestorationNet, count_parameters
+from lightning_modules.network import count_parameters
+from tests.helpers import perturbed_net
 
 CUDA = torch.cuda.is_available()
 
-
-def perturbed_net(rdb: str = "before") -> DarkRestorationNet:
-    """A network whose magnitudes g no longer equal ||v|| and whose biases are not zero.
-
-    At initialisation g == ||v|| and the biases are 0, which would let a wrong fold pass.
-    """
-    net = DarkRestorationNet(rdb=rdb)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("bias"):
-                param.add_(0.05 * torch.randn_like(param))
-            else:
-                param.mul_(1 + 0.3 * torch.randn_like(param))
-    return net.eval()
 
 
 def packed(batch: int = 1, h: int = 64, w: int = 64) -> torch.Tensor:

@@ -17,20 +17,10 @@ from lightning_modules.reference_import import (
     read_reference_checkpoint,
     to_reference_state_dict,
 )
+from tests.helpers import perturbed_net
 
 SPEC_TSV = Path(__file__).parents[1].parent / "shared/spec/reference_checkpoint_keys.tsv"
 
-
-def perturbed_net(rdb: str = "before") -> DarkRestorationNet:
-    """Stands in for a trained network: g differs from ||v|| and biases are non-zero."""
-    net = DarkRestorationNet(rdb=rdb)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("bias"):
-                param.add_(0.05 * torch.randn_like(param))
-            else:
-                param.mul_(1 + 0.3 * torch.randn_like(param))
-    return net.eval()
 
 
 def packed(h: int = 64, w: int = 64) -> torch.Tensor:
