@@ -12,27 +12,34 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+Series = dict[str, list[tuple[int, float]]]
 
-def read_metric_series(metrics_csv: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``{metric: [(step, value), ...]}`` from a Lightning CSVLogger file, empty cells skipped."""
-    series: dict[str, list[tuple[int, float]]] = {}
+
+def read_metrics(metrics_csv: str | Path) -> tuple[Series, dict[str, int]]:
+    """``({metric: [(step, value)]}, {metric: non-finite count})`` from a CSVLogger file.
+
+    A resumed run appends to the same file and re-logs the steps after its checkpoint: the value
+    written last for a step wins. NaN/inf values are counted, not plotted.
+    """
+    by_step: dict[str, dict[int, float]] = {}
+    nonfinite: dict[str, int] = {}
     with open(metrics_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             step = row.get("step")
             if step in (None, ""):
                 continue
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
+            for key, text in row.items():
+                if key in ("step", "epoch", None) or text in (None, ""):
                     continue
                 try:
-                    number = float(value)
+                    value = float(text)
                 except ValueError:
                     continue
-                if math.isfinite(number):
-                    series.setdefault(key, []).append((int(float(step)), number))
-    for values in series.values():
-        values.sort()
-    return series
+                if math.isfinite(value):
+                    by_step.setdefault(key, {})[int(float(step))] = value
+                else:
+                    nonfinite[key] = nonfinite.get(key, 0) + 1
+    return {k: sorted(v.items()) for k, v in by_step.items()}, nonfinite
 
 
 def smooth(values: Iterable[float], weight: float = 0.8) -> list[float]:
@@ -45,7 +52,7 @@ def smooth(values: Iterable[float], weight: float = 0.8) -> list[float]:
 
 
 def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path:
-    series = read_metric_series(metrics_csv)
+    series, _ = read_metrics(metrics_csv)
     fig, (ax_loss, ax_psnr, ax_ssim) = plt.subplots(1, 3, figsize=(15, 4))
     if "train/loss" in series:
         steps, values = zip(*series["train/loss"], strict=True)

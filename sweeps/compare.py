@@ -40,6 +40,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from darkraw.plots import read_metrics
 from sweeps.job_status import COMPLETED, FAILED, INTERRUPTED, RUNNING, read_status
 from sweeps.wandb_offline import find_run_dirs, read_run_record
 
@@ -153,33 +154,6 @@ def split_overrides(overrides: Iterable[str]) -> dict[str, str]:
         key, _, value = str(item).partition("=")
         params[key.lstrip("+~")] = value
     return params
-
-
-def read_metrics(metrics_csv: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:
-    """``({metric: [(step, value)]}, {metric: non-finite count})`` from a CSVLogger file.
-
-    A resumed run appends to the same file and re-logs the steps after its checkpoint: the value
-    written last for a step wins. NaN/inf values are counted, not plotted.
-    """
-    by_step: dict[str, dict[int, float]] = {}
-    nonfinite: dict[str, int] = {}
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = row.get("step")
-            if step in (None, ""):
-                continue
-            for key, text in row.items():
-                if key in ("step", "epoch", None) or text in (None, ""):
-                    continue
-                try:
-                    value = float(text)
-                except ValueError:
-                    continue
-                if math.isfinite(value):
-                    by_step.setdefault(key, {})[int(float(step))] = value
-                else:
-                    nonfinite[key] = nonfinite.get(key, 0) + 1
-    return {k: sorted(v.items()) for k, v in by_step.items()}, nonfinite
 
 
 def _pid_alive(pid: Any) -> bool:
