@@ -121,3 +121,16 @@ def test_experiments_compose_to_the_documented_recipes() -> None:
     assert ablation.data.fraction == 0.6 and ablation.data.amplification == "estimated"
     assert default.name == "quickstart" and default.trainer.accelerator == "cpu"
     assert default.data._target_.endswith("SyntheticSIDDataModule")
+
+
+def test_relaunching_resumes_into_the_same_wandb_run(synthetic_sid: Path, tmp_path: Path) -> None:
+    args = (*FAST_TRAIN, "trainer.max_steps=2", "preflight.enabled=false",
+            "callbacks.image_panel=null", *data_overrides(synthetic_sid, tmp_path))
+    run_entry_point("train.py", *args)
+    second = run_entry_point("train.py", *args)  # same command: same folder, resumes
+    assert "Resuming from" in second.stdout + second.stderr
+    run_dir = only_run_dir(tmp_path)
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2
+    assert all(p.name.endswith(f"-{run_id}") for p in offline_runs)  # `wandb sync` merges them
