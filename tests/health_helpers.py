@@ -140,3 +140,15 @@ def preflight_config(**overrides: Mapping[str, Any] | Any) -> dict[str, Any]:
 
 def all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+class RankPoison(L.Callback):
+    """A NaN in one rank's input at one step: the others must skip that step with it (DDP)."""
+
+    def __init__(self, rank: int = 1, step: int = 1) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch["input"][0, 0, 0, 0] = float("nan")

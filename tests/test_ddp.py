@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -134,11 +135,21 @@ def test_two_cpu_ranks_train_one_run(synthetic_sid: Path, tmp_path: Path) -> Non
     run_entry_point(
         "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=sid",
         f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}", *FAST_TRAIN,
-        "data.patches_per_epoch=4", "preflight.enabled=false", timeout=240,
+        "data.patches_per_epoch=4", "preflight.enabled=false",
+        # A NaN in rank 1's batch at step 1 only: every rank must skip that step together.
+        "+callbacks.poison._target_=tests.health_helpers.RankPoison", timeout=240,
     )
     runs = list((tmp_path / "outputs").glob("*/runs/*"))
     assert len(runs) == 1
     run = runs[0]
+
+    with (run / "csv" / "metrics.csv").open() as handle:
+        skipped = [float(r["train/nonfinite_skipped"]) for r in csv.DictReader(handle)
+                   if r.get("train/nonfinite_skipped")]
+    assert skipped[-1] == 1.0
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
     # Both ranks ran, in the same folder, each with half of the global batch of 2.
     reports = [json.loads((run / "ranks" / f"rank{k}.json").read_text()) for k in (0, 1)]
