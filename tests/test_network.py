@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from lightning_modules.network import DarkRestorationNet, count_parameters
+from lightning_modules.network import DarkRestorationNet, count_parameters, interleave_channels
+from tests.helpers import perturbed_net
 
 PAPER_PARAMETERS = 784_768
 
@@ -89,3 +92,47 @@ def test_gradients_reach_every_parameter() -> None:
     net(x).mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing
+
+
+def spec_channel_shuffle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The spec's words: view cat[a, b] as B x 2 x C x H x W, swap the two channel axes."""
+    x = torch.cat([a, b], dim=1)
+    batch, channels, height, width = x.shape
+    return x.view(batch, 2, channels // 2, height, width).transpose(1, 2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_interleave_is_the_spec_channel_shuffle_in_either_layout(channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    a = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt).requires_grad_()
+    out = interleave_channels(a, b)
+    assert torch.equal(out, spec_channel_shuffle(a, b))
+    assert out.is_contiguous(memory_format=fmt)  # no layout change for the next conv to undo
+    assert torch.equal(out[:, 0::2], a) and torch.equal(out[:, 1::2], b)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), (a, b))
+    expected = torch.autograd.grad((spec_channel_shuffle(a, b) * weights).sum(), (a, b))
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+    with pytest.raises(ValueError, match="equal shapes"):
+        interleave_channels(a, b[:, :3])
+
+
+@pytest.mark.parametrize("rdb", ["before", "after"])
+def test_in_place_activations_change_neither_outputs_nor_gradients(rdb: str) -> None:
+    """Activations that overwrite their conv's output must never overwrite a tensor that
+    autograd or a later dense layer still reads (that would raise, or silently differ)."""
+    net = perturbed_net(rdb).train()
+    reference = copy.deepcopy(net)
+    in_place = [m for m in reference.modules() if getattr(m, "inplace", False)]
+    assert len(in_place) >= 2  # the medium encoder and fuse block 1 at least
+    for module in in_place:
+        module.inplace = False
+    x = torch.rand(2, 4, 32, 32) * 4
+    y, y_ref = net(x), reference(x)
+    assert torch.equal(y, y_ref)
+    y.square().mean().backward()
+    y_ref.square().mean().backward()
+    grads = dict(reference.named_parameters())
+    for name, param in net.named_parameters():
+        assert torch.allclose(param.grad, grads[name].grad, rtol=1e-5, atol=1e-7), name
