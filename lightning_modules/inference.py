@@ -5,6 +5,12 @@ inference it costs a norm, a division and a multiplication per conv per call, an
 convs from tools that look for plain ``nn.Conv2d`` (ptflops, some exporters). Folding bakes
 ``g * v / ||v||`` into each conv once.
 
+Most of a CPU forward pass that is not convolution is memory traffic at the full packed
+resolution, and channels-last memory makes the convs themselves faster. The deployed form
+(:class:`DeployedRestorationNet`) therefore runs channels-last by default and rewrites its output
+stage so that the largest tensor of the pass, the 24-channel concatenation before fuse2, is never
+written. Measured in ``benchmarks/speed.py``.
+
 The three encoders depend only on the input, so on a GPU they can run at the same time on separate
 CUDA streams: the paper's "architecture parallelism", worth about 30% there. On a CPU the
 operators already use every core, so the encoders run one after another.
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -106,6 +113,45 @@ def fold_weight_norm(net: nn.Module) -> nn.Module:
     if has_weight_norm(folded):  # pragma: no cover - would be a torch behaviour change
         raise RuntimeError("fold_weight_norm left a parametrization behind; please report this")
     return folded
+
+
+def conv_of_concatenation(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``conv(cat[a, b])`` as ``conv_a(a) + conv_b(b)``, never writing the concatenation.
+
+    A convolution is linear in its input channels, so the weight splits along them. At the
+    network's output this saves writing and re-reading a 24-channel map at the full packed
+    resolution, the largest tensor of the whole forward pass. Only for frozen, plain convs.
+    """
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError("conv_of_concatenation needs an ungrouped, zero-padded conv")
+    split = a.shape[1]
+    weight = conv.weight
+    geometry = (conv.stride, conv.padding, conv.dilation)
+    out = F.conv2d(a, weight[:, :split], conv.bias, *geometry)
+    return out.add_(F.conv2d(b, weight[:, split:], None, *geometry))
+
+
+class DeployedRestorationNet(DarkRestorationNet):
+    """A folded :class:`DarkRestorationNet` whose output stage is rewritten for inference.
+
+    Same function, same state-dict keys; the decoder skips the full-resolution concatenation
+    (:func:`conv_of_concatenation`) and clamps in place before the final pixel shuffle (the two
+    commute), which together take about a tenth off a CPU forward pass. The in-place clamp is
+    why this form is for inference only: train the plain network.
+    """
+
+    @classmethod
+    def from_folded(cls, folded: DarkRestorationNet) -> DeployedRestorationNet:
+        """Re-type a folded network in place (its modules and weights stay as they are)."""
+        if type(folded) is not DarkRestorationNet or has_weight_norm(folded):
+            raise TypeError("from_folded needs a DarkRestorationNet from fold_weight_norm")
+        folded.__class__ = cls
+        return folded  # type: ignore[return-value]
+
+    def decode(self, low: torch.Tensor, medium: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        fused = self.fuse1(medium, high)
+        out = conv_of_concatenation(self.fuse2, low, fused).clamp_(0.0, 1.0)
+        return F.pixel_shuffle(out, 2)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -219,10 +265,11 @@ def _compile_in_place(net: DarkRestorationNet, per_block: bool,
     """``Module.compile`` keeps state-dict keys free of ``_orig_mod.`` prefixes.
 
     With concurrent encoders the forward is bypassed (encoders are called one by one from
-    :meth:`InferenceNet.encode_concurrently`), so each block is compiled instead.
+    :meth:`InferenceNet.encode_concurrently`), so each block the decoder calls as a module is
+    compiled instead (fuse2's weights are used by :func:`conv_of_concatenation`, not its call).
     """
     if per_block:
-        for block in (net.high, net.medium, net.low, net.fuse1, net.fuse2):
+        for block in (net.high, net.medium, net.low, net.fuse1):
             block.compile(**options)
     else:
         net.compile(**options)
@@ -237,15 +284,18 @@ def prepare_for_inference(
     dtype: torch.dtype | str | None = None,
     concurrent_encoders: ConcurrentEncoders = "auto",
 ) -> InferenceNet:
-    """A folded, frozen copy of ``net`` wrapped in :class:`InferenceNet`; ``net`` is unchanged.
+    """A folded, frozen, deployed copy of ``net`` in :class:`InferenceNet`; ``net`` is unchanged.
 
-    ``dtype`` (bf16/fp16) is meant for GPUs, where it roughly halves memory traffic; on a CPU
-    half-precision convs are usually slower than float32. ``compile`` (``True``, or a dict of
-    ``torch.compile`` options such as ``{"dynamic": False, "mode": "max-autotune"}``) pays tens
-    of seconds (minutes on a small CPU) on the first call of each new input shape.
+    ``dtype`` (bf16/fp16) is meant for GPUs, where it roughly halves memory traffic, and for
+    CPUs with AMX (bf16 about twice as fast as float32 on a Sapphire Rapids Xeon, see
+    BENCHMARKS.md); on other CPUs half-precision convs are usually slower than float32.
+    ``compile`` (``True``, or a dict of ``torch.compile`` options such as
+    ``{"dynamic": False, "mode": "max-autotune"}``) pays tens of seconds (minutes on a small
+    CPU) on the first call of each new input shape, and on a CPU was slower than eager here.
     """
     resolved = resolve_dtype(dtype)
-    folded = fold_weight_norm(net).eval().requires_grad_(False)
+    folded = DeployedRestorationNet.from_folded(fold_weight_norm(net))
+    folded = folded.eval().requires_grad_(False)
     if device is not None:
         folded = folded.to(torch.device(device))
     if resolved is not None:
