@@ -75,6 +75,8 @@ class Timing:
     min_ms: float | None = None
     runs: int = 0
     note: str = ""
+    max_abs_diff_vs_training_form: float | None = None
+    mean_abs_diff_vs_training_form: float | None = None
     speedup_vs_training_form: float | None = None
     speedup_of_min_vs_training_form: float | None = None
 
@@ -187,8 +189,9 @@ def onnx_runner(folded: torch.nn.Module, folder: Path) -> Callable[[torch.Tensor
     return lambda x: run_onnx(session, x)
 
 
-def training_form_runner(net: DarkRestorationNet) -> Callable[[torch.Tensor], Any]:
-    """The network as trained (weight norm recomputed each call), but without autograd."""
+def eager_runner(net: torch.nn.Module) -> Callable[[torch.Tensor], Any]:
+    """A network's own forward, without autograd: the training form (weight norm recomputed each
+    call) or the plain fold, with neither the deployed decoder nor a layout change."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -201,14 +204,19 @@ def cpu_configs(net: DarkRestorationNet, folded: torch.nn.Module, args: argparse
                 folder: Path) -> dict[str, Callable[[torch.Tensor], Any] | str]:
     """Name -> callable, or -> the reason it is skipped."""
     configs: dict[str, Callable[[torch.Tensor], Any] | str] = {
-        "training form": training_form_runner(net),
-        "folded": prepare_for_inference(net, channels_last=False),
-        "folded + channels-last": prepare_for_inference(net, channels_last=True),
+        "training form": eager_runner(net),
+        "folded": eager_runner(folded),
+        "deployed (folded, cat-free output)": prepare_for_inference(net, channels_last=False),
+        "deployed + channels-last (default)": prepare_for_inference(net, channels_last=True),
     }
-    configs["compiled (folded + channels-last)"] = (
+    configs["compiled (deployed + channels-last)"] = (
         "skipped (--skip-compile)" if args.skip_compile
         else prepare_for_inference(net, channels_last=True, compile={"dynamic": False})
     )
+    # bf16 convs are fast only on CPUs with AMX or AVX-512 BF16 (slower than fp32 elsewhere);
+    # the error column says what the 8-bit mantissa costs.
+    configs["deployed + channels-last, bf16"] = prepare_for_inference(
+        net, channels_last=True, dtype="bf16")
     if args.skip_onnx:
         configs["ONNX Runtime (CPU EP)"] = "skipped (--skip-onnx)"
     else:
@@ -224,11 +232,12 @@ def cuda_configs(net: DarkRestorationNet, args: argparse.Namespace
     training = DarkRestorationNet(rdb=net.rdb)
     training.load_state_dict(net.state_dict())
     configs: dict[str, Callable[[torch.Tensor], Any] | str] = {
-        "training form": training_form_runner(training.cuda().eval()),
+        "training form": eager_runner(training.cuda().eval()),
     }
     for dtype in ("fp32", "bf16"):
         for concurrent in (False, True):
-            name = f"folded + channels-last, {dtype}, {'streams' if concurrent else 'sequential'}"
+            name = f"deployed + channels-last, {dtype}, " + ("streams" if concurrent
+                                                              else "sequential")
             configs[name] = prepare_for_inference(net, device="cuda", dtype=dtype,
                                                   concurrent_encoders=concurrent)
         configs[f"compiled, {dtype}, sequential"] = (
@@ -240,23 +249,34 @@ def cuda_configs(net: DarkRestorationNet, args: argparse.Namespace
 
 
 def warm_up(configs: dict[str, Callable | str], x: torch.Tensor, warmup: int,
-            sync: Callable[[], None]) -> None:
-    """First calls pay one-off costs (allocations, oneDNN primitives, compilation)."""
+            sync: Callable[[], None]) -> dict[str, tuple[float, float]]:
+    """First calls pay one-off costs (allocations, oneDNN primitives, compilation).
+
+    The first call's output is also kept to compare with the training form's: a faster form is
+    only worth having if it computes the same image. Returns name -> (max, mean) |difference|.
+    """
+    outputs: dict[str, torch.Tensor] = {}
     for name, fn in list(configs.items()):
         if isinstance(fn, str):
             continue
         try:
-            for _ in range(warmup):
+            outputs[name] = torch.as_tensor(fn(x)).float().cpu()
+            for _ in range(warmup - 1):
                 timed_call(fn, x, sync)
         except Exception as error:  # a failed compile must not sink the whole benchmark
             configs[name] = f"skipped: {type(error).__name__}: {str(error)[:200]}"
+    reference = outputs.get("training form")
+    if reference is None:
+        return {}
+    return {name: (float((out - reference).abs().max()), float((out - reference).abs().mean()))
+            for name, out in outputs.items()}
 
 
 def measure_size(configs: dict[str, Callable | str], device: str, size: Size,
                  args: argparse.Namespace) -> list[Timing]:
     sync = synchronizer(device)
     x = torch.rand(1, 4, *size.packed, device=device) * 4
-    warm_up(configs, x, args.warmup, sync)
+    errors = warm_up(configs, x, args.warmup, sync)
     runs: dict[str, list[float]] = {n: [] for n, fn in configs.items() if not isinstance(fn, str)}
     for _ in range(args.repeats):
         for name in runs:  # interleaved: drift in machine load hits every config alike
@@ -267,7 +287,8 @@ def measure_size(configs: dict[str, Callable | str], device: str, size: Size,
             timings.append(Timing(device, size.label, name, None, note=fn))
         else:
             timings.append(Timing(device, size.label, name, statistics.median(runs[name]),
-                                  min(runs[name]), len(runs[name]), size.note))
+                                  min(runs[name]), len(runs[name]), size.note,
+                                  *errors.get(name, (None, None))))
     base = next((t for t in timings if t.config == "training form"), None)
     for t in timings:
         if base and base.median_ms and t.median_ms and base.min_ms and t.min_ms:
@@ -309,19 +330,37 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def fps(t: Timing) -> float | None:
+    return None if not t.median_ms else 1e3 / t.median_ms
+
+
+def latency_cells(t: Timing) -> list[str]:
+    """One row of the latency table, shared by the terminal and the Markdown output."""
+    return [t.device, t.size, t.config, fmt(t.median_ms), fmt(t.min_ms), str(t.runs),
+            fmt(fps(t), 2), fmt(t.speedup_vs_training_form, 2),
+            fmt(t.speedup_of_min_vs_training_form, 2),
+            fmt_error(t.max_abs_diff_vs_training_form), fmt_error(t.mean_abs_diff_vs_training_form),
+            t.note]
+
+
+LATENCY_COLUMNS = ("device", "size", "config", "median ms", "min ms", "runs", "fps",
+                   "x training form", "x (min)", "max |diff|", "mean |diff|", "note")
+
+
 def print_tables(results: Results) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=160)  # not the 80 columns rich assumes without a terminal
     table = Table(title="Latency (median of interleaved runs, batch 1)")
-    for column in ("device", "size", "config", "median ms", "min ms", "x training form",
-                   "x (min)", "note"):
+    for column in LATENCY_COLUMNS:
         table.add_column(column)
     for t in results.latency:
-        table.add_row(t.device, t.size, t.config, fmt(t.median_ms), fmt(t.min_ms),
-                      fmt(t.speedup_vs_training_form, 2),
-                      fmt(t.speedup_of_min_vs_training_form, 2), t.note)
+        table.add_row(*latency_cells(t))
     console.print(table)
     gm = Table(title="GMac at 2048x4096 (packed 1x4x1024x2048)")
     gm.add_column("ptflops backend / form")
@@ -358,16 +397,11 @@ def markdown(results: Results) -> str:
                      f"x{results.gmac['scale_to_2048x4096']:g} (cost is linear in pixels).")
     lines += ["", "## Inference latency (batch 1, median of interleaved runs)", "",
               "x training form: speed-up over the training form (weight norm) in the same run, "
-              "from the medians and from the minima.", "",
-              "| device | size | config | median ms | min ms | runs | x training form | x (min) "
-              "| note |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [
-        f"| {t.device} | {t.size} | {t.config} | {fmt(t.median_ms)} | {fmt(t.min_ms)} | "
-        f"{t.runs} | {fmt(t.speedup_vs_training_form, 2)} | "
-        f"{fmt(t.speedup_of_min_vs_training_form, 2)} | {t.note} |"
-        for t in results.latency
-    ]
+              "from the medians and from the minima. |diff|: max and mean absolute difference "
+              "from the training form's output (sRGB in [0, 1]) on the same random input.", "",
+              "| " + " | ".join(LATENCY_COLUMNS) + " |",
+              "|" + "---|" * len(LATENCY_COLUMNS)]
+    lines += ["| " + " | ".join(latency_cells(t)) + " |" for t in results.latency]
     lines += ["", "## Training throughput (forward, L1 + MS-SSIM, backward, Adam)", "",
               "| device | batch (packed) | full res | median step s | it/s | images/s |",
               "|---|---|---|---|---|---|"]
@@ -433,6 +467,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def output_stem(devices: list[str], quick: bool) -> str:
+    """``speed`` for the CPU figures of this project's machine; a GPU run (on another machine)
+    and quick smoke runs write files of their own instead of overwriting those."""
+    stem = "speed" if devices == ["cpu"] else "speed_" + "_".join(devices)
+    return stem + "_quick" if quick else stem
+
+
 def devices_for(choice: str) -> list[str]:
     if choice == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is available here; use --device cpu")
@@ -465,8 +506,7 @@ def main(argv: list[str] | None = None) -> Results:
         print(f"training throughput on {device} ...", flush=True)
         results.training.append(training_throughput(device, batch, packed, args.train_iters))
     print_tables(results)
-    # Quick runs are smoke tests: they must not overwrite the figures of a full run.
-    written = write_outputs(results, args.out, "speed_quick" if args.quick else "speed")
+    written = write_outputs(results, args.out, output_stem(devices, args.quick))
     print("wrote " + ", ".join(str(p) for p in written))
     return results
 
