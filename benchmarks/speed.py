@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ def environment(devices: list[str]) -> dict[str, Any]:
     }
     if "cuda" in devices:
         env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        # fp32 convs on Ampere and later run in TF32 unless this is off: "fp32" rows mean that.
+        env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return env
 
 
@@ -229,6 +234,8 @@ def cpu_configs(net: DarkRestorationNet, folded: torch.nn.Module, args: argparse
 
 def cuda_configs(net: DarkRestorationNet, args: argparse.Namespace
                  ) -> dict[str, Callable[[torch.Tensor], Any] | str]:
+    # As trainer=gpu sets it: cuDNN picks the fastest algorithm per shape in the warm-up calls.
+    torch.backends.cudnn.benchmark = True
     training = DarkRestorationNet(rdb=net.rdb)
     training.load_state_dict(net.state_dict())
     configs: dict[str, Callable[[torch.Tensor], Any] | str] = {
@@ -300,9 +307,23 @@ def measure_size(configs: dict[str, Callable | str], device: str, size: Size,
 # --- training throughput -------------------------------------------------------------------------
 
 
-def training_throughput(device: str, batch: int, packed: int, iterations: int) -> dict[str, Any]:
-    """Steps/s of the training step the module runs: forward, L1 + MS-SSIM, backward, Adam."""
-    net = DarkRestorationNet().to(device).train()
+#: Lightning's names for the precisions timed, and the autocast dtype each means.
+TRAINING_PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16-mixed": torch.bfloat16}
+
+
+def training_throughput(device: str, batch: int, packed: int, iterations: int,
+                        precision: str = "32",
+                        net: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Steps/s of the training step the module runs: forward, L1 + MS-SSIM, backward, Adam.
+
+    ``precision`` is ``trainer.precision``'s value: "bf16-mixed" runs forward and loss under
+    bf16 autocast, as Lightning does (the loss itself computes MS-SSIM in float32). ``net``
+    defaults to a fresh :class:`DarkRestorationNet`.
+    """
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use one of {sorted(TRAINING_PRECISIONS)}")
+    autocast_dtype = TRAINING_PRECISIONS[precision]
+    net = (net or DarkRestorationNet()).to(device).train()
     criterion = L1MSSSIMLoss()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     x = torch.rand(batch, 4, packed, packed, device=device) * 4
@@ -311,13 +332,18 @@ def training_throughput(device: str, batch: int, packed: int, iterations: int) -
 
     def step(_: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        criterion(net(x), target).total.backward()
+        autocast = (nullcontext() if autocast_dtype is None
+                    else torch.autocast(device, dtype=autocast_dtype))
+        with autocast:
+            loss = criterion(net(x), target).total
+        loss.backward()
         optimizer.step()
 
     timed_call(step, x, sync)  # warm-up
     times = [timed_call(step, x, sync) for _ in range(iterations)]
     seconds = statistics.median(times) / 1e3
-    return {"device": device, "batch": batch, "full_res": f"{2 * packed}x{2 * packed}",
+    return {"device": device, "precision": precision, "batch": batch,
+            "full_res": f"{2 * packed}x{2 * packed}",
             "packed": f"{batch}x4x{packed}x{packed}", "iterations": iterations,
             "median_step_s": round(seconds, 4), "iterations_per_s": round(1 / seconds, 3),
             "images_per_s": round(batch / seconds, 2)}
@@ -369,7 +395,8 @@ def print_tables(results: Results) -> None:
         gm.add_row(key, f"{value:.3f}")
     console.print(gm)
     for row in results.training:
-        console.print(f"training on {row['device']}: {row['iterations_per_s']} it/s "
+        console.print(f"training on {row['device']} ({row['precision']}): "
+                      f"{row['iterations_per_s']} it/s "
                       f"({row['images_per_s']} images/s), batch {row['packed']}")
     console.print(f"parameters: {results.params}")
 
@@ -403,10 +430,12 @@ def markdown(results: Results) -> str:
               "|" + "---|" * len(LATENCY_COLUMNS)]
     lines += ["| " + " | ".join(latency_cells(t)) + " |" for t in results.latency]
     lines += ["", "## Training throughput (forward, L1 + MS-SSIM, backward, Adam)", "",
-              "| device | batch (packed) | full res | median step s | it/s | images/s |",
-              "|---|---|---|---|---|---|"]
+              "| device | precision | batch (packed) | full res | median step s | it/s "
+              "| images/s |",
+              "|---|---|---|---|---|---|---|"]
     lines += [
-        f"| {r['device']} | {r['packed']} | {r['full_res']} | {r['median_step_s']} | "
+        f"| {r['device']} | {r['precision']} | {r['packed']} | {r['full_res']} | "
+        f"{r['median_step_s']} | "
         f"{r['iterations_per_s']} | {r['images_per_s']} |"
         for r in results.training
     ]
@@ -426,7 +455,7 @@ def bar_chart(results: Results, path: Path) -> None:
         group = [t for t in rows if (t.device, t.size) == (device, size)]
         ax.barh([t.config for t in group], [t.median_ms for t in group], color="tab:blue")
         for i, t in enumerate(group):
-            ax.text(t.median_ms, i, f" {t.median_ms:.0f} ms", va="center", fontsize=8)
+            ax.text(t.median_ms, i, f" {t.median_ms:.3g} ms", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{device}, {size}: median latency, batch 1", fontsize=10)
         ax.set_xlabel("ms")
@@ -455,7 +484,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per config")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per config")
-    parser.add_argument("--train-iters", type=int, default=None)
+    parser.add_argument("--train-iters", type=int, default=None,
+                        help="timed training steps per device and precision "
+                             "(default: 3 on the CPU, 20 on a GPU; 2 with --quick)")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-onnx", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -463,8 +494,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = QUICK_SIZES if args.quick else FULL_SIZES
     args.repeats = args.repeats or (3 if args.quick else 9)
     args.warmup = args.warmup or (1 if args.quick else 2)
-    args.train_iters = args.train_iters or (2 if args.quick else 3)
     return args
+
+
+def training_iterations(device: str, args: argparse.Namespace) -> int:
+    """A GPU step takes milliseconds, so a median of 3 would be mostly noise there."""
+    if args.train_iters:
+        return args.train_iters
+    return 2 if args.quick else (20 if device == "cuda" else 3)
+
+
+def training_precisions(device: str) -> tuple[str, ...]:
+    """bf16 autocast is what a GPU user trains in (trainer.precision=bf16-mixed); on a CPU one
+    fp32 row says what a smoke run costs."""
+    return ("32", "bf16-mixed") if device == "cuda" else ("32",)
 
 
 def output_stem(devices: list[str], quick: bool) -> str:
@@ -501,10 +544,12 @@ def main(argv: list[str] | None = None) -> Results:
             for size in args.sizes:
                 print(f"timing {device} at {size.label} ...", flush=True)
                 results.latency += measure_size(configs, device, size, args)
+    batch, packed = (2, 128) if args.quick else (8, 256)
     for device in devices:
-        batch, packed = (2, 128) if args.quick else (8, 256)
-        print(f"training throughput on {device} ...", flush=True)
-        results.training.append(training_throughput(device, batch, packed, args.train_iters))
+        for precision in training_precisions(device):
+            print(f"training throughput on {device}, precision {precision} ...", flush=True)
+            results.training.append(training_throughput(
+                device, batch, packed, training_iterations(device, args), precision))
     print_tables(results)
     written = write_outputs(results, args.out, output_stem(devices, args.quick))
     print("wrote " + ", ".join(str(p) for p in written))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
 
 from lightning_modules.inference import prepare_for_inference
@@ -41,3 +42,28 @@ def test_warm_up_reports_each_forms_difference_from_the_training_form() -> None:
     # A form that fails is reported and left out, not allowed to sink the whole run.
     assert configs["broken"] == "skipped: RuntimeError: no kernel for this"
     assert "broken" not in errors
+
+
+def test_training_throughput_runs_the_precision_it_reports() -> None:
+    net = perturbed_net()
+    seen: list[torch.dtype] = []
+    net.fuse1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    # 96 packed = 192 full-resolution pixels: the smallest side MS-SSIM's five scales accept.
+    fp32 = speed.training_throughput("cpu", 1, 96, iterations=1, precision="32", net=net)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = speed.training_throughput("cpu", 1, 96, iterations=1, precision="bf16-mixed", net=net)
+    assert set(seen) == {torch.bfloat16}
+    assert (fp32["precision"], bf16["precision"]) == ("32", "bf16-mixed")
+    assert bf16["iterations"] == 1 and bf16["iterations_per_s"] > 0
+    with pytest.raises(ValueError, match="16-mixed"):
+        speed.training_throughput("cpu", 1, 96, iterations=1, precision="16-mixed", net=net)
+
+
+def test_gpu_runs_time_more_training_steps_and_both_precisions() -> None:
+    args = speed.parse_args([])
+    assert speed.training_iterations("cpu", args) == 3
+    assert speed.training_iterations("cuda", args) == 20
+    assert speed.training_iterations("cuda", speed.parse_args(["--train-iters", "5"])) == 5
+    assert speed.training_precisions("cuda") == ("32", "bf16-mixed")
+    assert speed.training_precisions("cpu") == ("32",)
