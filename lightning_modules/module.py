@@ -22,6 +22,7 @@ from torchmetrics.functional.image import (
 )
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from darkraw.errors import ConfigError
 from lightning_modules.config import (
     LossConfig,
     NetConfig,
@@ -31,7 +32,7 @@ from lightning_modules.config import (
     build,
 )
 from lightning_modules.losses import L1MSSSIMLoss
-from lightning_modules.network import DarkRestorationNet
+from lightning_modules.network import INPUT_CHANNELS, PACKED_MULTIPLE, DarkRestorationNet
 from lightning_modules.schedule import floor_warning, step_decay_scheduler
 
 
@@ -57,6 +58,30 @@ def per_image_psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     )
 
 
+def summary_input(image_size: tuple[int, int] | list[int] | None,
+                  compile: bool) -> torch.Tensor | None:
+    """The packed input of one ``image_size`` (H, W) frame, for Lightning's model summary.
+
+    With it the summary counts the network's FLOPs (about 2 x 41.38 G at the paper's 2048 x 4096)
+    and shows input and output sizes; without it Lightning prints "Total FLOPs: 0". It costs one
+    no-grad forward when fitting starts. Not when compiling: that forward would compile the
+    network for a shape training never uses.
+    """
+    if image_size is None or compile:
+        return None
+    multiple = 2 * PACKED_MULTIPLE
+    if len(image_size) != 2 or any(
+        not isinstance(side, int) or side < multiple or side % multiple for side in image_size
+    ):
+        raise ConfigError(
+            f"model.summary_image_size={list(image_size)!r} is not allowed: give [height, width] "
+            f"of a full-resolution image, each a multiple of {multiple} (the paper's 2048 x 4096: "
+            "[2048, 4096]), or null to leave FLOPs out of the model summary"
+        )
+    height, width = image_size
+    return torch.zeros(1, INPUT_CHANNELS, height // 2, width // 2)
+
+
 class RestorationModule(L.LightningModule):
     """Adam + step decay on ``L1 + w (1 - MS-SSIM)``; every setting comes from config."""
 
@@ -68,6 +93,7 @@ class RestorationModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         train_metrics_every_n_steps: int = 50,
         compile: bool = False,
+        summary_image_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
         self.net_cfg: NetConfig = build(NetConfig, _plain(net), "model")
@@ -87,12 +113,15 @@ class RestorationModule(L.LightningModule):
                 "scheduler": as_dict(self.sched_cfg),
                 "train_metrics_every_n_steps": train_metrics_every_n_steps,
                 "compile": compile,
+                "summary_image_size": None if summary_image_size is None
+                else list(summary_image_size),
             }
         )
         self.net = DarkRestorationNet(rdb=self.net_cfg.rdb)
         self.criterion = L1MSSSIMLoss(**as_dict(self.loss_cfg))
         self.train_metrics_every_n_steps = train_metrics_every_n_steps
         self.compile_net = compile
+        self.example_input_array = summary_input(summary_image_size, compile)
         self.nonfinite_steps = 0  # consecutive skipped steps; the NaN guard callback reads it
         self.nonfinite_total = 0
         for stage in ("val", "test"):

@@ -37,6 +37,19 @@ def test_bad_settings_are_rejected_with_the_key_name() -> None:
         RestorationModule(scheduler={"gamma": 0})
 
 
+def test_model_summary_input_is_one_packed_image_of_the_configured_size() -> None:
+    module = RestorationModule(summary_image_size=[192, 320])
+    assert module.example_input_array.shape == (1, 4, 96, 160)
+    assert module.hparams["summary_image_size"] == [192, 320]  # rebuilt from a checkpoint too
+    assert RestorationModule().example_input_array is None
+    # Compiling: a summary forward would compile the network for a shape training never sees.
+    compiled = RestorationModule(summary_image_size=[192, 320], compile=True)
+    assert compiled.example_input_array is None
+    for bad in ([100, 64], [192], [192.0, 320], [0, 64]):
+        with pytest.raises(ValueError, match=r"model.summary_image_size=.* multiple of 32"):
+            RestorationModule(summary_image_size=bad)
+
+
 def test_trainer_run_logs_metrics_and_checkpoint_rebuilds_the_model(tmp_path: Path) -> None:
     module = RestorationModule(
         net={"rdb": "after"},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,10 @@ def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: 
     assert record["project"] == "darkraw" and "quickstart" in record["tags"]
     # The run tells the user where everything is.
     assert str(last) in proc.stderr and "wandb sync" in proc.stderr
+    # The model summary counts the FLOPs of one 192 x 192 patch (not "Total FLOPs: 0"): torch's
+    # FlopCounterMode, which Lightning uses, gives 362 M; ptflops' aten backend 363 M.
+    flops = re.search(r"Total FLOPs: ([0-9.]+) M", proc.stdout)
+    assert flops and 355 <= float(flops.group(1)) <= 365, proc.stdout[-2000:]
 
 
 def test_logger_none_still_writes_checkpoints(synthetic_sid: Path, tmp_path: Path) -> None:
@@ -84,6 +90,8 @@ def test_logger_none_still_writes_checkpoints(synthetic_sid: Path, tmp_path: Pat
         ("trainer.precision=bf15", "trainer.precision='bf15' is not allowed: choose one of "
                                    "['32', '32-true', 'bf16-mixed', '16-mixed']"),
         ("data.amplification=guess", "data.amplification"),
+        ("model.summary_image_size=[100,64]", "model.summary_image_size=[100, 64] is not "
+                                              "allowed: give [height, width]"),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
@@ -134,3 +142,21 @@ def test_relaunching_resumes_into_the_same_wandb_run(synthetic_sid: Path, tmp_pa
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2
     assert all(p.name.endswith(f"-{run_id}") for p in offline_runs)  # `wandb sync` merges them
+
+
+def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
+    from lightning.pytorch.utilities import rank_zero_warn
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from darkraw.training import quiet_false_alarms
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_false_alarms()
+        # Lightning 2.6's wording (loops/fit_loop.py), for the quickstart's 4 batches an epoch.
+        rank_zero_warn("The number of training batches (4) is smaller than the logging interval"
+                       " Trainer(log_every_n_steps=10). Set a lower value for log_every_n_steps if"
+                       " you want to see logs for the training epoch.",
+                       category=PossibleUserWarning)
+        rank_zero_warn("The dataloader does not have many workers", category=PossibleUserWarning)
+    assert [str(w.message) for w in caught] == ["The dataloader does not have many workers"]
