@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -85,9 +86,37 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
     interval = trainer_cfg.get("val_check_interval")
     if isinstance(interval, int) and interval < 1:
         raise ConfigError(f"trainer.val_check_interval={interval} must be a positive step count")
+    check_accelerator_available(str(trainer_cfg.get("accelerator", "auto")))
     if trainer_cfg.get("max_epochs") not in (-1, None):
         log.warning("trainer.max_epochs=%s may end the run before trainer.max_steps=%s",
                     trainer_cfg.get("max_epochs"), max_steps)
+
+
+def check_accelerator_available(accelerator: str) -> None:
+    """Lightning's own error for a missing GPU ("No supported gpu backend found!") names neither
+    the setting nor the way out; `experiment=paper` asks for a GPU, laptops have none."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    wanted = {"gpu": cuda or mps, "cuda": cuda, "mps": mps}
+    if not wanted.get(accelerator.lower(), True):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} is not available: PyTorch sees no "
+            f"{'CUDA or MPS' if accelerator.lower() == 'gpu' else accelerator.upper()} device on "
+            "this machine. Train on the CPU with trainer.accelerator=cpu (or trainer=cpu), or "
+            "check CUDA_VISIBLE_DEVICES and that torch is a CUDA build "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda})"
+        )
+
+
+def check_train_metrics_interval(model_cfg: Mapping[str, Any],
+                                 trainer_cfg: Mapping[str, Any]) -> None:
+    every = model_cfg.get("train_metrics_every_n_steps", 50)
+    log_every = trainer_cfg.get("log_every_n_steps", 50)
+    if not isinstance(every, int) or every < 1 or every % log_every:
+        raise ConfigError(
+            f"model.train_metrics_every_n_steps={every!r} is not allowed: give a multiple of "
+            f"trainer.log_every_n_steps={log_every}. Lightning writes step metrics only every "
+            "log_every_n_steps steps and drops train PSNR/SSIM computed on other steps"
+        )
 
 
 def build_module(cfg: DictConfig) -> RestorationModule:
@@ -324,16 +353,18 @@ def train(cfg: DictConfig) -> RunSummary:
     quiet_false_alarms()
     output_dir = Path(cfg.paths.output_dir)
     check_trainer_config(cfg.trainer)
+    check_train_metrics_interval(cfg.model, cfg.trainer)
     strategy_note = adapt_strategy(cfg.trainer)
     if strategy_note:
         log.info(strategy_note)
+    # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
+    L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
     ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir,
                                   Path(cfg.trainer.get("default_root_dir") or output_dir))
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
-    L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))

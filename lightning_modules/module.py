@@ -157,7 +157,10 @@ class RestorationModule(L.LightningModule):
         self.log("train/loss", parts.total, prog_bar=True, batch_size=batch_size)
         self.log("train/l1", parts.l1, batch_size=batch_size)
         self.log("train/ms_ssim", parts.ms_ssim, batch_size=batch_size)
-        if self.global_step % self.train_metrics_every_n_steps == 0:
+        # Lightning writes step metrics to the loggers when (step + 1) % log_every_n_steps == 0
+        # and drops values logged at other steps: compute these on the steps it writes
+        # (train_metrics_every_n_steps is checked to be a multiple of log_every_n_steps).
+        if (self.global_step + 1) % self.train_metrics_every_n_steps == 0:
             with torch.no_grad():
                 p, t = prediction.detach().float(), batch["target"].float()
                 self.log("train/psnr", per_image_psnr(p, t).mean(), batch_size=batch_size)

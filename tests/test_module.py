@@ -50,6 +50,26 @@ def test_model_summary_input_is_one_packed_image_of_the_configured_size() -> Non
             RestorationModule(summary_image_size=bad)
 
 
+def test_train_psnr_and_ssim_reach_the_logger(tmp_path: Path) -> None:
+    """Computed on the steps Lightning writes, not on steps whose values it drops."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = RestorationModule(train_metrics_every_n_steps=2)
+    trainer = L.Trainer(
+        max_steps=4, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(FixedPairs(), batch_size=2))
+    (metrics_csv,) = tmp_path.glob("csv/*/metrics.csv")
+    with metrics_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for key in ("train/psnr", "train/ssim"):
+        assert [int(row["step"]) for row in rows if row.get(key)] == [1, 3], key
+
+
 def test_trainer_run_logs_metrics_and_checkpoint_rebuilds_the_model(tmp_path: Path) -> None:
     module = RestorationModule(
         net={"rdb": "after"},

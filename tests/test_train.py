@@ -81,6 +81,20 @@ def test_logger_none_still_writes_checkpoints(synthetic_sid: Path, tmp_path: Pat
     assert not (run_dir / "wandb").exists() and not (run_dir / "csv").exists()
 
 
+def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path: Path) -> None:
+    """`seed` must fix the initial weights too: identical commands, identical runs."""
+    weights = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        root = tmp_path / name
+        run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
+                        f"seed={seed}", *data_overrides(synthetic_sid, root))
+        last = only_run_dir(root) / "checkpoints" / "last.ckpt"
+        weights.append(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
+    same, other = weights[1], weights[2]
+    assert all(torch.equal(weights[0][key], same[key]) for key in same)
+    assert not all(torch.equal(weights[0][key], other[key]) for key in other)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -90,6 +104,9 @@ def test_logger_none_still_writes_checkpoints(synthetic_sid: Path, tmp_path: Pat
         ("trainer.precision=bf15", "trainer.precision='bf15' is not allowed: choose one of "
                                    "['32', '32-true', 'bf16-mixed', '16-mixed']"),
         ("data.amplification=guess", "data.amplification"),
+        ("model.train_metrics_every_n_steps=15", "model.train_metrics_every_n_steps=15 is not "
+                                                 "allowed: give a multiple of "
+                                                 "trainer.log_every_n_steps=10"),
         ("model.summary_image_size=[100,64]", "model.summary_image_size=[100, 64] is not "
                                               "allowed: give [height, width]"),
     ],
@@ -102,6 +119,16 @@ def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: s
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # failed before generating or caching any data
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                    reason="needs a machine without a GPU")
+def test_the_paper_recipe_without_a_gpu_says_how_to_train_on_the_cpu(tmp_path: Path) -> None:
+    proc = run_entry_point("train.py", "experiment=paper", f"paths.root_dir={tmp_path}",
+                           check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "trainer.accelerator='gpu' is not available" in proc.stderr
+    assert "trainer.accelerator=cpu" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_sid_root_names_the_path_and_the_layout(tmp_path: Path) -> None:
