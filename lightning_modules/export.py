@@ -83,6 +83,9 @@ def export_onnx(net: nn.Module, out: str | Path, *, example: torch.Tensor | None
     kwargs: dict[str, object] = {
         "dynamo": True, "input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME],
         "verbose": False, "optimize": True,
+        # One self-contained file (3 MB): the default puts the weights in a second file,
+        # `<out>.data`, which breaks a model copied without it.
+        "external_data": False,
     }
     if dynamic:
         kwargs["dynamic_shapes"] = _dynamic_shapes()
@@ -90,6 +93,8 @@ def export_onnx(net: nn.Module, out: str | Path, *, example: torch.Tensor | None
         kwargs["opset_version"] = opset
     with torch.no_grad():
         _quiet_export(model, (x,), str(out), **kwargs)
+    # Weights an earlier export left beside it would be mistaken for this model's.
+    Path(f"{out}.data").unlink(missing_ok=True)
     return out
 
 

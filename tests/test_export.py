@@ -57,6 +57,15 @@ def test_axes_are_dynamic_and_weight_norm_is_gone(
     assert not {"ReduceL2", "LpNormalization", "Sqrt"} & set(ops)  # no norm recomputed per call
 
 
+def test_the_model_is_one_self_contained_file(exported: tuple[Path, DarkRestorationNet],
+                                              tmp_path: Path) -> None:
+    path, net = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "net.ckpt"]
+    moved = tmp_path / "elsewhere.onnx"  # copied alone, as users copy models
+    moved.write_bytes(path.read_bytes())
+    assert check_onnx(moved, net, example_input(1, 32, 48, seed=1)) < 1e-4
+
+
 def test_the_runtime_refuses_sizes_the_network_cannot_take(
     exported: tuple[Path, DarkRestorationNet],
 ) -> None:
