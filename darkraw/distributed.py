@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,26 @@ def requeue_checkpoints(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob(REQUEUE_CHECKPOINT_GLOB))
 
 
+def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
+    """Move a previous run's checkpoints out of the way of a run that starts over.
+
+    Left in place, its ``best-*.ckpt`` files would sit beside the new run's, unknown to the new
+    ModelCheckpoint (which only ranks and prunes its own) and easily taken for the new best.
+    Deleting them would lose a run someone may still want, so they are renamed instead.
+    """
+    if not checkpoint_dir.is_dir() or not any(checkpoint_dir.glob("*.ckpt")):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}-{suffix}")
+    checkpoint_dir.rename(target)
+    log.warning("resume=false: the previous run's checkpoints were moved to %s", target)
+    return target
+
+
 def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path) -> str | None:
     """What ``Trainer.fit`` continues from: ``last.ckpt`` or a newer SLURM requeue checkpoint.
 
@@ -277,6 +298,8 @@ def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path) -> 
                         ", ".join(p.name for p in requeued))
         for path in requeued:
             path.unlink(missing_ok=True)
+        if env_global_rank() == 0:
+            set_aside_checkpoints(Path(checkpoint_dir))
         return resolve_resume(mode, checkpoint_dir)
     newest_requeued = max(requeued, key=lambda p: p.stat().st_mtime_ns, default=None)
     last = Path(checkpoint_dir) / "last.ckpt"
