@@ -225,6 +225,26 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- data modules
 
 
+def validation_overlap_warning(train_pairs: Sequence[CachedPair],
+                               val_pairs: Sequence[CachedPair]) -> str | None:
+    """Say so when validation scenes are also trained on, as in the authors' subset.
+
+    The authors trained on the train and validation scenes together: with ``pairs=authors``
+    val/psnr, the best checkpoint and the plateau alarm then measure fit to training images,
+    not how the model does on scenes it has not seen. Only the test scenes tell that.
+    """
+    trained = {pair.scene for pair in train_pairs}
+    shared = sorted({pair.scene for pair in val_pairs} & trained)
+    if not shared:
+        return None
+    return (
+        f"{len(shared)} of the validation scenes are also training scenes (e.g. {shared[0]}), as "
+        "in the authors' recipe (data.pairs=authors trains on train + val scenes): val/psnr and "
+        "the best checkpoint measure fit to training images. For a held-out score use the test "
+        "split (test_after_fit=true, or eval.py split=test), or data.pairs=lists"
+    )
+
+
 class SIDDataModule(L.LightningDataModule):
     """SID Sony pairs from the cache; every argument is a plain value from conf/data/sid.yaml.
 
@@ -381,6 +401,9 @@ class SIDDataModule(L.LightningDataModule):
             len(self.datasets["val"].pairs),
             len(self.datasets["test"].pairs),
         )
+        message = validation_overlap_warning(train_pairs, self.datasets["val"].pairs)
+        if message:
+            log.warning(message)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

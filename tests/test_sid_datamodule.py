@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -264,3 +265,20 @@ def test_synthetic_datamodule(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["input"].shape == (2, 4, 32, 32) and batch["target"].shape == (2, 3, 64, 64)
     assert next(iter(dm.val_dataloader()))["input"].shape == (1, 4, 64, 96)
+
+
+def test_authors_subset_warns_that_validation_scenes_are_trained_on(
+    coded: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="datamodules.sid_datamodule"):
+        lists = make_dm(coded)
+    assert not caplog.records  # SID's lists keep validation scenes out of training
+    assert not {p.scene for p in lists.datasets["val"].pairs} & {
+        p.scene for p in lists.datasets["train"].pairs}
+    with caplog.at_level(logging.WARNING, logger="datamodules.sid_datamodule"):
+        authors = make_dm(coded, pairs="authors")
+    val_scenes = {p.scene for p in authors.datasets["val"].pairs}
+    assert val_scenes and val_scenes <= {p.scene for p in authors.datasets["train"].pairs}
+    (record,) = caplog.records
+    assert f"{len(val_scenes)} of the validation scenes are also training scenes" in record.message
+    assert "test_after_fit=true" in record.message
