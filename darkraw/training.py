@@ -346,11 +346,37 @@ def quiet_false_alarms() -> None:
         "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging",
         category=PossibleUserWarning,
     )
+    # Lightning 2.6 uses an API that torch 2.13 deprecates, once per run; nothing for users to do.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+def route_lightning_logs_through_hydra() -> None:
+    """Print each Lightning message once, in Hydra's format and in the job's log file.
+
+    The ``lightning`` package logger carries its own console handler ("INFO: ...") and also
+    propagates to the root logger, where Hydra's handlers print the message a second time.
+    """
+    if logging.getLogger().hasHandlers():
+        package = logging.getLogger("lightning")
+        for handler in list(package.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                    handler, logging.FileHandler):
+                package.removeHandler(handler)
+    # Lightning's advertisement for its cloud services, at the start of every run.
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLightningTips())
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
 
 
 def train(cfg: DictConfig) -> RunSummary:
     started = time.time()
     quiet_false_alarms()
+    route_lightning_logs_through_hydra()
     output_dir = Path(cfg.paths.output_dir)
     check_trainer_config(cfg.trainer)
     check_train_metrics_interval(cfg.model, cfg.trainer)

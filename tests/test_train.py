@@ -65,8 +65,11 @@ def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: 
     assert record["config"]["model"]["rdb"] == "before"  # nested, so W&B can group by it
     assert record["config"]["loss"]["ms_ssim_weight"] == 0.2
     assert record["project"] == "darkraw" and "quickstart" in record["tags"]
-    # The run tells the user where everything is.
+    # The run tells the user where everything is, and Lightning's messages come once, not twice.
     assert str(last) in proc.stderr and "wandb sync" in proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("Seed set to") == 1
+    assert "Tip: For seamless" not in output and "LeafSpec" not in output  # library noise
     # The model summary counts the FLOPs of one 192 x 192 patch (not "Total FLOPs: 0"): torch's
     # FlopCounterMode, which Lightning uses, gives 362 M; ptflops' aten backend 363 M.
     flops = re.search(r"Total FLOPs: ([0-9.]+) M", proc.stdout)
