@@ -4,7 +4,8 @@
         data=sid data.root=/data/SID
 
 Writes per_image.csv, summary.json and summary.md (PSNR/SSIM in float and in the authors' uint8
-convention) and the restored images.
+convention) and the restored images. Paths need no quotes, even with ``=`` or ``,`` in them (as
+run folders have).
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import hydra
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
-from darkraw.cli import run_reporting_user_errors
+from darkraw.cli import quote_path_arguments_in_sys_argv, require_set, run_reporting_user_errors
 from darkraw.errors import ConfigError
 from darkraw.instantiate import instantiate_checked
 
 SPLITS = {"val": ("validate", "val_dataloader"), "test": ("test", "test_dataloader")}
+# Keys whose values are paths: quoted for Hydra before it parses the command line.
+PATH_KEYS = ("ckpt", "output", "data.root", "data.cache_dir", "paths.root_dir", "paths.data_dir",
+             "paths.cache_dir", "paths.log_dir")
+REQUIRED = {"ckpt": "ckpt=outputs/<experiment>/runs/<run>/checkpoints/best-....ckpt (or last.ckpt)"}
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     from darkraw.checkpoints import load_network, pick_device
     from darkraw.evaluation import evaluate, summarise_scores, write_reports
 
+    require_set(cfg, REQUIRED)
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not allowed: choose one of {list(SPLITS)}")
     stage, loader_name = SPLITS[cfg.split]
@@ -54,4 +60,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    quote_path_arguments_in_sys_argv(PATH_KEYS)
     main()

@@ -2,10 +2,14 @@
 
     python restore.py ckpt=outputs/paper/runs/default/checkpoints/last.ckpt \
         input=photos/ output=restored/ 'm=[1,5,8]'
+
+Paths need no quotes, even with ``=`` or ``,`` in them (as run folders have). Writes only the
+restored images into ``output``: log messages go to the terminal.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -13,29 +17,61 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from darkraw.cli import run_reporting_user_errors
+from darkraw.cli import quote_path_arguments_in_sys_argv, require_set, run_reporting_user_errors
 from darkraw.errors import ConfigError
 
 AUTOCAST = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PATH_KEYS = ("ckpt", "input", "output")
+REQUIRED = {
+    "ckpt": "ckpt=outputs/<experiment>/runs/<run>/checkpoints/best-....ckpt (or last.ckpt)",
+    "input": "input=photos/ (a raw file or a folder of them)",
+}
+
+log = logging.getLogger(__name__)
+
+
+def m_given_on_command_line() -> bool:
+    """Whether the user set ``m``: only then is "m is ignored" worth saying."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.partition("=")[0].lstrip("+") == "m" for o in HydraConfig.get().overrides.task)
 
 
 def run(cfg: DictConfig) -> list[tuple[Path, float]]:
-    from darkraw.checkpoints import load_network, pick_device
-    from darkraw.restoration import find_raw_files, restore_all
+    from darkraw.restoration import (
+        check_amplification,
+        check_image_format,
+        check_m_values,
+        check_tiling,
+    )
 
+    # Every setting is checked before any file is read or the progress bar starts.
+    require_set(cfg, REQUIRED)
     precision = str(cfg.precision)
     if precision not in AUTOCAST:
         raise ConfigError(f"precision={precision!r} is not allowed: choose one of {list(AUTOCAST)}")
-    m_values = cfg.m if OmegaConf.is_list(cfg.m) else [cfg.m]
+    m_values = check_m_values(list(cfg.m) if OmegaConf.is_list(cfg.m) else [cfg.m])
+    amplification = check_amplification(cfg.amplification)
+    image_format = check_image_format(cfg.format)
+    check_tiling(cfg.tile_size, cfg.tile_overlap)
+    if not isinstance(amplification, str) and m_given_on_command_line():
+        log.warning("darkraw: warning: m=%s is ignored with a fixed amplification=%g (m only "
+                    "tunes amplification=estimated); writing one image per file", m_values,
+                    amplification)
+
+    from darkraw.checkpoints import load_network, pick_device
+    from darkraw.restoration import find_raw_files, restore_all
+
     device = pick_device(cfg.device)
     files = find_raw_files(cfg.input)
     net = load_network(cfg.ckpt, device)
     output = Path(cfg.output)
     results = restore_all(
-        net, files, output, m_values=[float(m) for m in m_values],
-        amplification=cfg.amplification, image_format=str(cfg.format).lstrip("."),
-        tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap, device=device,
-        autocast_dtype=AUTOCAST[precision],
+        net, files, output, m_values=m_values, amplification=amplification,
+        image_format=image_format, tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap,
+        device=device, autocast_dtype=AUTOCAST[precision],
     )
     for path, gain in results:
         print(f"{path}  (amplification x{gain:.1f})")
@@ -49,4 +85,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    quote_path_arguments_in_sys_argv(PATH_KEYS)
     main()

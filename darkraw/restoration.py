@@ -22,6 +22,7 @@ from datamodules.raw import normalise, pack_bayer, read_raw
 RAW_EXTENSIONS = (".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".orf", ".rw2", ".pef", ".srw",
                   ".raw", ".rwl", ".3fr", ".iiq", ".erf", ".mos", ".kdc", ".dcr")
 PACKED_MULTIPLE = 16
+IMAGE_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff")
 
 
 def find_raw_files(source: str | Path) -> list[Path]:
@@ -55,21 +56,80 @@ def load_packed_normalised(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     return normalise(packed, frame.black_level, frame.white_level), frame.shape
 
 
-def amplification_for(packed: np.ndarray, setting: str | float, m: float) -> float:
-    """``estimated`` (the paper's histogram amplifier with knob ``m``) or a fixed number."""
-    if isinstance(setting, str):
-        if setting != "estimated":
-            raise ConfigError(
-                f"amplification={setting!r} is not allowed: use 'estimated' or a number in "
-                f"[{MIN_AMPLIFICATION:g}, {MAX_AMPLIFICATION:g}]"
-            )
-        return estimated_amplification(packed, m=m)
+def check_amplification(setting: object) -> str | float:
+    """``'estimated'`` or a fixed gain in the trained range, as a float; anything else fails."""
+    if isinstance(setting, str) and setting == "estimated":
+        return setting
+    if isinstance(setting, bool) or not isinstance(setting, int | float):
+        raise ConfigError(
+            f"amplification={setting!r} is not allowed: use 'estimated' or a number in "
+            f"[{MIN_AMPLIFICATION:g}, {MAX_AMPLIFICATION:g}]"
+        )
     value = float(setting)
     if not MIN_AMPLIFICATION <= value <= MAX_AMPLIFICATION:
         raise ConfigError(
-            f"amplification={value} is outside [{MIN_AMPLIFICATION:g}, {MAX_AMPLIFICATION:g}]"
+            f"amplification={value:g} is outside [{MIN_AMPLIFICATION:g}, {MAX_AMPLIFICATION:g}]: "
+            "the network was trained on that range"
         )
     return value
+
+
+def check_m_values(m_values: Sequence[object]) -> list[float]:
+    """The brightness knobs as floats; each must be a positive number."""
+    if not m_values:
+        raise ConfigError("m=[] holds no value: give one or more positive numbers, e.g. m=5")
+    checked = []
+    for m in m_values:
+        if isinstance(m, bool) or not isinstance(m, int | float) or m <= 0:
+            raise ConfigError(f"m={m!r} is not allowed: each m must be a positive number")
+        checked.append(float(m))
+    return checked
+
+
+def check_tiling(tile_size: int | None, tile_overlap: int) -> None:
+    """Tiles in packed pixels: a positive multiple of the network's stride, overlap < tile / 2."""
+    if tile_size is None:
+        return
+    if (isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= 0
+            or tile_size % PACKED_MULTIPLE):
+        raise ConfigError(
+            f"tile_size={tile_size} must be a positive multiple of {PACKED_MULTIPLE} "
+            "(or null for the whole image at once)"
+        )
+    if (isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int)
+            or not 0 <= tile_overlap < tile_size // 2):
+        raise ConfigError(
+            f"tile_overlap={tile_overlap} must be in [0, tile_size / 2) = [0, {tile_size // 2})"
+        )
+
+
+def check_image_format(image_format: str) -> str:
+    """The file extension to write, without its dot; fails for formats write_image cannot do."""
+    suffix = str(image_format).lower().lstrip(".")
+    if suffix not in IMAGE_FORMATS:
+        raise ConfigError(f"format={image_format!r} is not allowed: use png, jpg or tiff")
+    return suffix
+
+
+def amplification_for(packed: np.ndarray, setting: str | float, m: float) -> float:
+    """``estimated`` (the paper's histogram amplifier with knob ``m``) or a fixed number."""
+    setting = check_amplification(setting)
+    if isinstance(setting, str):
+        return estimated_amplification(packed, m=m)
+    return setting
+
+
+def gains_and_labels(packed: np.ndarray, setting: str | float,
+                     m_values: Sequence[float]) -> list[tuple[float, str]]:
+    """One (gain, file-name label) per output image.
+
+    Estimated: one per knob, labelled ``m<m>``. Fixed: ``m`` plays no part, so a single image
+    labelled by the gain (``x100``); one per ``m`` would be identical files under wrong names.
+    """
+    setting = check_amplification(setting)
+    if not isinstance(setting, str):
+        return [(setting, f"x{format_number(setting)}")]
+    return [(amplification_for(packed, setting, m), f"m{format_number(m)}") for m in m_values]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PACKED_MULTIPLE) -> torch.Tensor:
@@ -114,10 +174,7 @@ def run_tiled(net: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch
     ``tile`` and ``overlap`` are packed pixels. The network sees 1/16 of the packed size in its
     deepest encoder, so overlaps of a few multiples of 16 keep the seams invisible.
     """
-    if tile % PACKED_MULTIPLE or tile <= 0:
-        raise ConfigError(f"tile_size={tile} must be a positive multiple of {PACKED_MULTIPLE}")
-    if not 0 <= overlap < tile // 2:
-        raise ConfigError(f"tile_overlap={overlap} must be in [0, tile_size / 2)")
+    check_tiling(tile, overlap)
     b, _, h, w = x.shape
     if h <= tile and w <= tile:
         return run_padded(net, x)
@@ -156,13 +213,14 @@ def write_image(image: torch.Tensor, path: Path, quality: int = 95) -> Path:
     from PIL import Image
 
     if suffix not in (".png", ".jpg", ".jpeg"):
-        raise ConfigError(f"format={suffix.lstrip('.')!r} is not allowed: use png, jpg or tiff")
+        check_image_format(suffix)  # raises: the one message for every unsupported format
     Image.fromarray(to_uint(image, 8)).save(path, quality=quality)
     return path
 
 
-def format_m(m: float) -> str:
-    return f"{m:g}".replace(".", "p")
+def format_number(value: float) -> str:
+    """A knob or gain as a file-name part without a second dot: 2.5 -> 2p5, 100.0 -> 100."""
+    return f"{value:g}".replace(".", "p")
 
 
 @torch.inference_mode()
@@ -170,19 +228,21 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
                  amplification: str | float, image_format: str, tile_size: int | None,
                  tile_overlap: int, device: torch.device,
                  autocast_dtype: torch.dtype | None = None) -> list[tuple[Path, float]]:
-    """Restore one raw file once per brightness knob ``m``; returns (written file, gain) pairs."""
+    """Restore one raw file once per output of :func:`gains_and_labels`.
+
+    Returns (written file, gain) pairs.
+    """
     packed, (height, width) = load_packed_normalised(path)
     x = torch.from_numpy(packed)[None].to(device)
     written = []
-    for m in m_values:
-        gain = amplification_for(packed, amplification, m)
+    for gain, label in gains_and_labels(packed, amplification, m_values):
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             if tile_size:
                 restored = run_tiled(net, x * gain, tile_size, tile_overlap)
             else:
                 restored = run_padded(net, x * gain)
-        target = output_dir / f"{path.stem}_m{format_m(m)}.{image_format}"
+        target = output_dir / f"{path.stem}_{label}.{image_format}"
         image = restored[0, :, :height, :width].float()
         written.append((write_image(image, target), gain))
     return written
@@ -190,6 +250,7 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
 
 def restore_all(net: nn.Module, files: Iterable[Path], output_dir: Path,
                 **options: object) -> list[tuple[Path, float]]:
+    """Every file in turn, with a progress bar; settings are checked by the caller beforehand."""
     from rich.progress import track
 
     files = list(files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -130,3 +131,117 @@ def test_restore_rejects_missing_input_and_bad_checkpoint(tmp_path: Path,
     proc = run_entry_point("restore.py", f"ckpt={bad}", f"input={tmp_path / 'a.dng'}",
                            f"output={tmp_path / 'o'}", check=False)
     assert proc.returncode == 1 and "reference_import" in proc.stderr
+
+
+# A run folder as train.py names it, by its overrides: '=' and ',' that Hydra's override grammar
+# rejects in an unquoted value.
+RUN_FOLDER = "trainer.max_steps=80,trainer.val_check_interval=20"
+
+
+def copy_into_run_folder(checkpoint: Path, root: Path) -> Path:
+    target = root / "runs" / RUN_FOLDER / "checkpoints" / "last.ckpt"
+    target.parent.mkdir(parents=True)
+    shutil.copy(checkpoint, target)
+    return target
+
+
+def write_dark_dngs(folder: Path, names: tuple[str, ...] = ("dark", "dark2")) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = [folder / f"{name}.dng" for name in names]
+    for path in paths:
+        write_bayer_dng(path, rng.integers(512, 900, size=(64, 96), dtype=np.uint16),
+                        exposure_time=0.1)
+    return paths
+
+
+@pytest.mark.slow
+def test_eval_takes_an_unquoted_checkpoint_path_of_a_run_folder(
+        synthetic_sid: Path, constant_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = copy_into_run_folder(constant_checkpoint, tmp_path)
+    cache = tmp_path / "cache=a,b"
+    run_entry_point("eval.py", *fixture_data_overrides(synthetic_sid, cache), "data.num_workers=0",
+                    "data.persistent_workers=false", "data.progress=false",
+                    f"paths.root_dir={tmp_path}", f"ckpt={ckpt}", "split=val", "max_images=1",
+                    cwd=tmp_path)
+    # No output=: the reports go next to the checkpoints/ folder, inside the run folder.
+    summary = json.loads((ckpt.parents[1] / "eval-val" / "summary.json").read_text())
+    assert summary["ckpt"] == str(ckpt) and summary["images"] == 1
+    assert cache.is_dir()
+
+
+def test_restore_takes_unquoted_paths_with_quotes_spaces_and_run_folder_names(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = copy_into_run_folder(random_checkpoint, tmp_path)
+    [raw] = write_dark_dngs(tmp_path / "in=raw,1", ("it's a dark",))
+    out = tmp_path / "out=put,1"
+    proc = run_entry_point("restore.py", f"ckpt={ckpt}", f"input={raw}",
+                           f"output='{out}'",  # quoted by the user: left as it is
+                           "tile_size=32", "tile_overlap=8", cwd=tmp_path)
+    # Only the image goes into the output folder: no restore.log, no .hydra.
+    assert sorted(p.name for p in out.iterdir()) == ["it's a dark_m5.png"]
+    assert str(out / "it's a dark_m5.png") in proc.stdout
+    assert not list(tmp_path.rglob("*.log"))
+
+
+@pytest.mark.parametrize("script", ["eval.py", "restore.py"])
+def test_missing_checkpoint_is_one_line_saying_how_to_pass_it(script: str,
+                                                              tmp_path: Path) -> None:
+    others = {"eval.py": [f"paths.root_dir={tmp_path}"],
+              "restore.py": ["input=photos", f"output={tmp_path / 'o'}"]}[script]
+    proc = run_entry_point(script, *others, check=False, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "MissingMandatoryValue" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "darkraw: error: ckpt is not set: pass it on the command line, e.g. "
+        "ckpt=outputs/<experiment>/runs/<run>/checkpoints/best-....ckpt (or last.ckpt)"
+    ]
+
+
+def test_restore_missing_input_says_how_to_pass_it(random_checkpoint: Path,
+                                                   tmp_path: Path) -> None:
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "darkraw: error: input is not set" in proc.stderr and "input=photos/" in proc.stderr
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    (["tile_size=32", "tile_overlap=16"], "tile_overlap=16 must be in [0, tile_size / 2)"),
+    (["tile_size=50"], "tile_size=50 must be a positive multiple of 16"),
+    (["amplification=500.0"], "amplification=500 is outside [1, 300]"),
+    (["amplification=bright"], "amplification='bright' is not allowed"),
+    (["m=[1,0]"], "m=0 is not allowed"),
+    (["format=bmp"], "format='bmp' is not allowed"),
+])
+def test_restore_checks_every_setting_before_any_work(setting: list[str], message: str,
+                                                      random_checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+    """Two input files, so a started progress bar would show ("restoring ... 0%")."""
+    write_dark_dngs(tmp_path / "raw")
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={tmp_path / 'raw'}",
+                           f"output={out}", *setting, check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"darkraw: error: {message}" in proc.stderr
+    assert "restoring" not in proc.stdout + proc.stderr
+    assert not out.exists()  # no images, no empty folder, no empty restore.log
+    assert not list(tmp_path.rglob("*.log"))
+
+
+def test_restore_with_a_fixed_amplification_writes_one_image_per_file_named_by_it(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    write_dark_dngs(tmp_path / "raw")
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={tmp_path / 'raw'}",
+                           f"output={out}", "amplification=100", "m=[1,5]", "tile_size=32",
+                           "tile_overlap=8", cwd=tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["dark2_x100.png", "dark_x100.png"]
+    assert proc.stdout.count("(amplification x100.0)") == 2
+    assert proc.stderr.count("is ignored") == 1  # once per run, not per file
+    assert "m=[1.0, 5.0] is ignored with a fixed amplification=100" in proc.stderr
+
+    # m left at its default: nothing to warn about; a fractional gain keeps one dot in the name.
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}",
+                           f"input={tmp_path / 'raw' / 'dark.dng'}", f"output={out / 'b'}",
+                           "amplification=2.5", "tile_size=32", "tile_overlap=8", cwd=tmp_path)
+    assert [p.name for p in (out / "b").iterdir()] == ["dark_x2p5.png"]
+    assert "ignored" not in proc.stderr

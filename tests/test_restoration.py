@@ -2,12 +2,25 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from darkraw.errors import ConfigError
-from darkraw.restoration import blend_ramp, pad_to_multiple, run_padded, run_tiled, tile_starts
+from darkraw.restoration import (
+    amplification_for,
+    blend_ramp,
+    check_amplification,
+    check_image_format,
+    check_m_values,
+    check_tiling,
+    gains_and_labels,
+    pad_to_multiple,
+    run_padded,
+    run_tiled,
+    tile_starts,
+)
 from lightning_modules.network import DarkRestorationNet
 
 
@@ -68,3 +81,42 @@ def test_tiles_of_the_real_network_stay_close_to_the_whole_image() -> None:
 def test_bad_tile_settings_fail_clearly(tile: int, overlap: int) -> None:
     with pytest.raises(ConfigError, match="tile_"):
         run_tiled(local_net(), torch.rand(1, 4, 200, 200), tile, overlap)
+
+
+def test_a_fixed_amplification_gives_one_output_named_by_the_gain_whatever_m() -> None:
+    packed = np.full((4, 8, 8), 0.02, np.float32)
+    assert gains_and_labels(packed, 100, [1.0, 5.0]) == [(100.0, "x100")]
+    assert gains_and_labels(packed, 2.5, [5.0]) == [(2.5, "x2p5")]
+
+
+def test_the_estimated_amplification_gives_one_output_per_m() -> None:
+    packed = np.random.default_rng(0).uniform(0.001, 0.02, (4, 16, 16)).astype(np.float32)
+    outputs = gains_and_labels(packed, "estimated", [1.0, 2.5])
+    assert [label for _, label in outputs] == ["m1", "m2p5"]
+    assert [gain for gain, _ in outputs] == [amplification_for(packed, "estimated", m)
+                                             for m in (1.0, 2.5)]
+    assert outputs[0][0] < outputs[1][0]
+
+
+@pytest.mark.parametrize(("check", "value", "message"), [
+    (check_amplification, "bright", "amplification='bright' is not allowed"),
+    (check_amplification, 500.0, "amplification=500 is outside"),
+    (check_amplification, True, "amplification=True is not allowed"),
+    (check_m_values, [1, 0], "m=0 is not allowed"),
+    (check_m_values, ["x"], "m='x' is not allowed"),
+    (check_m_values, [], "m=\\[\\] holds no value"),
+    (check_image_format, "bmp", "format='bmp' is not allowed"),
+])
+def test_settings_are_checked_with_the_key_named(check: object, value: object,
+                                                 message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check(value)  # type: ignore[operator]
+
+
+def test_good_settings_pass_their_checks() -> None:
+    assert check_amplification("estimated") == "estimated"
+    assert check_amplification(100) == 100.0
+    assert check_m_values([1, 5.5]) == [1.0, 5.5]
+    assert check_image_format(".TIFF") == "tiff"
+    check_tiling(None, 10_000)  # no tiling: the overlap does not matter
+    check_tiling(1024, 64)

@@ -1,0 +1,89 @@
+"""The command-line helpers of eval.py and restore.py: path quoting for Hydra, mandatory keys."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from darkraw.cli import quote_path_arguments, quote_value, require_set
+from darkraw.errors import ConfigError
+
+RUN_CKPT = ("outputs/quickstart/runs/trainer.max_steps=80,trainer.val_check_interval=20/"
+            "checkpoints/last.ckpt")
+KEYS = ("ckpt", "input", "output")
+
+
+def parsed_value(argument: str) -> object:
+    """What Hydra itself makes of one ``key=value`` command-line argument."""
+    return OverridesParser.create().parse_override(argument).value()
+
+
+@pytest.mark.parametrize("path", [
+    RUN_CKPT,
+    "/photos/it's here/a b.dng",         # a single quote and a space
+    "C:\\runs\\x=1\\",                    # backslashes, one of them right before the closing quote
+    "odd\\'mix\\\\'of\\quotes",            # backslashes right before quotes
+    'say "hi"/[1,2]/{a:b}/(c)',           # double quotes and Hydra's other special characters
+])
+def test_quoted_values_parse_back_to_the_exact_path(path: str) -> None:
+    quoted = quote_value(path)
+    assert quoted.startswith("'") and quoted.endswith("'")
+    assert parsed_value(f"ckpt={quoted}") == path
+
+
+def test_unquoted_run_path_fails_in_hydra_but_works_once_quoted() -> None:
+    """The user's report: without quoting Hydra's grammar rejects the '=' inside the path."""
+    with pytest.raises(Exception, match="mismatched input '='"):
+        parsed_value(f"ckpt={RUN_CKPT}")
+    [argument] = quote_path_arguments([f"ckpt={RUN_CKPT}"], KEYS)
+    assert parsed_value(argument) == RUN_CKPT
+
+
+def test_quote_path_arguments_quotes_only_path_keys_and_keeps_the_rest() -> None:
+    argv = [
+        "ckpt=/runs/a=1,b=2/last.ckpt",
+        "input=/photos/it's me",
+        "+output=/out dir",
+        "'m=[1,5]'",                      # not a path key (the shell removed no quotes here)
+        "m=[1,5]",
+        "amplification=100",
+        "tile_size=32",
+        "--cfg", "job",
+    ]
+    assert quote_path_arguments(argv, KEYS) == [
+        "ckpt='/runs/a=1,b=2/last.ckpt'",
+        "input='/photos/it\\'s me'",
+        "+output='/out dir'",
+        "'m=[1,5]'",
+        "m=[1,5]",
+        "amplification=100",
+        "tile_size=32",
+        "--cfg", "job",
+    ]
+
+
+@pytest.mark.parametrize("argument", [
+    "ckpt='/runs/a=1,b=2/last.ckpt'",     # already quoted by the user: unchanged
+    'ckpt="/runs/a=1,b=2/last.ckpt"',
+    "output=null",                        # null means "not set", not a folder named null
+    "output=NULL",
+    "output=",
+    "ckpts=/x=y",                         # a key that merely starts like a path key
+])
+def test_already_quoted_null_empty_and_other_keys_are_left_alone(argument: str) -> None:
+    assert quote_path_arguments([argument], KEYS) == [argument]
+
+
+@pytest.mark.parametrize("flag", ["-m", "--multirun"])
+def test_multirun_command_lines_are_left_alone(flag: str) -> None:
+    """Under -m a ',' separates sweep values, so quoting would turn a sweep into one path."""
+    argv = [flag, "ckpt=a.ckpt,b.ckpt"]
+    assert quote_path_arguments(argv, KEYS) == argv
+
+
+def test_require_set_names_the_key_and_how_to_pass_it() -> None:
+    cfg = OmegaConf.create({"ckpt": "???", "input": "photos"})
+    with pytest.raises(ConfigError, match=r"^ckpt is not set: .* e\.g\. ckpt=outputs/"):
+        require_set(cfg, {"input": "input=photos/", "ckpt": "ckpt=outputs/<run>/last.ckpt"})
+    require_set(OmegaConf.create({"ckpt": "x"}), {"ckpt": "ckpt=..."})
