@@ -190,3 +190,16 @@ def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
                        category=PossibleUserWarning)
         rank_zero_warn("The dataloader does not have many workers", category=PossibleUserWarning)
     assert [str(w.message) for w in caught] == ["The dataloader does not have many workers"]
+
+
+def test_help_names_every_group_launcher_and_named_sweep() -> None:
+    proc = run_entry_point("train.py", "--help", timeout=120)
+    groups = {p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name != "hydra"}
+    for group in groups - {"local"}:  # conf/local/ is the user's own, usually absent
+        assert f"\n{group}: " in proc.stdout, group
+    launchers = "|".join(["basic", *sorted(p.stem for p in (REPO / "conf/hydra/launcher")
+                                           .glob("*.yaml"))])
+    assert f"hydra/launcher={launchers}" in proc.stdout
+    sweeps = sorted(p.stem for p in (REPO / "sweeps/conf/sweep").glob("*.yaml"))
+    named = re.search(r"\+sweep=(\S+)", proc.stdout)
+    assert named and sorted(named.group(1).split("|")) == sweeps
