@@ -10,6 +10,7 @@ run folders have).
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -27,10 +28,17 @@ PATH_KEYS = ("ckpt", "output", "data.root", "data.cache_dir", "paths.root_dir", 
              "paths.cache_dir", "paths.log_dir")
 REQUIRED = {"ckpt": "ckpt=outputs/<experiment>/runs/<run>/checkpoints/best-....ckpt (or last.ckpt)"}
 
+log = logging.getLogger(__name__)
+
 
 def run(cfg: DictConfig) -> dict[str, float]:
     from darkraw.checkpoints import load_network, pick_device
-    from darkraw.evaluation import evaluate, summarise_scores, write_reports
+    from darkraw.evaluation import (
+        evaluate,
+        summarise_scores,
+        training_data_mismatches,
+        write_reports,
+    )
 
     require_set(cfg, REQUIRED)
     if cfg.split not in SPLITS:
@@ -38,6 +46,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stage, loader_name = SPLITS[cfg.split]
     device = pick_device(cfg.device)
     net = load_network(cfg.ckpt, device)
+    mismatches = training_data_mismatches(cfg.ckpt, cfg.data)
+    if mismatches:
+        log.warning("darkraw: warning: evaluating with %s: the inputs are amplified otherwise "
+                    "than in training; pass the trained values to score the model as trained",
+                    ", ".join(mismatches))
     output = Path(cfg.output) if cfg.output else Path(cfg.ckpt).parent.parent / f"eval-{cfg.split}"
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     datamodule.prepare_data()

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,26 @@ class ImageScore:
     psnr_uint8: float
     ssim_uint8: float
     psnr_input: float
+
+
+#: Data settings that decide how bright the network's input is, by amplification mode: the ones
+#: an evaluation must share with training to score the network as it was trained.
+AMPLIFICATION_SETTINGS = {"estimated": ("amplification", "m"),
+                          "exposure_ratio": ("amplification", "max_ratio")}
+
+
+def training_data_mismatches(ckpt: str | Path, data_cfg: Mapping[str, Any]) -> list[str]:
+    """The amplification settings of ``data_cfg`` that differ from those the checkpoint was
+    trained with (Lightning stores the data module's settings in train.py's checkpoints).
+
+    eval.py builds its data from its own config: a model trained with exposure-ratio
+    amplification would otherwise be scored on estimated-amplifier inputs without a word.
+    """
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    keys = AMPLIFICATION_SETTINGS.get(trained.get("amplification"), ())
+    return [f"data.{key}={data_cfg[key]!r} (trained with {trained[key]!r})"
+            for key in keys if key in trained and key in data_cfg and trained[key] != data_cfg[key]]
 
 
 def quantise_uint8(image: torch.Tensor) -> torch.Tensor:

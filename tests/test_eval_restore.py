@@ -65,7 +65,8 @@ def test_eval_writes_correct_per_image_metrics(synthetic_sid: Path, constant_che
                  "data.num_workers=0", "data.persistent_workers=false",
                  f"paths.root_dir={tmp_path}", f"ckpt={constant_checkpoint}", "split=val",
                  f"output={out}", "data.progress=false"]
-    run_entry_point("eval.py", *overrides)
+    proc = run_entry_point("eval.py", *overrides)
+    assert "amplified otherwise" not in proc.stdout + proc.stderr  # no training settings stored
     with (out / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     summary = json.loads((out / "summary.json").read_text())
@@ -245,3 +246,26 @@ def test_restore_with_a_fixed_amplification_writes_one_image_per_file_named_by_i
                            "amplification=2.5", "tile_size=32", "tile_overlap=8", cwd=tmp_path)
     assert [p.name for p in (out / "b").iterdir()] == ["dark_x2p5.png"]
     assert "ignored" not in proc.stderr
+
+
+def test_eval_warns_when_its_amplification_differs_from_training(
+        synthetic_sid: Path, constant_checkpoint: Path, tmp_path: Path) -> None:
+    from darkraw.evaluation import training_data_mismatches
+
+    checkpoint = torch.load(constant_checkpoint, map_location="cpu", weights_only=False)
+    trained = {"amplification": "exposure_ratio", "m": 5.0, "max_ratio": 300.0}
+    ckpt = tmp_path / "ratio.ckpt"
+    torch.save({**checkpoint, "datamodule_hyper_parameters": trained}, ckpt)
+    assert training_data_mismatches(ckpt, {**trained, "m": 1.0}) == []  # m: estimated only
+    assert training_data_mismatches(ckpt, {**trained, "max_ratio": 100.0}) == [
+        "data.max_ratio=100.0 (trained with 300.0)"]
+    assert training_data_mismatches(constant_checkpoint, {"amplification": "estimated"}) == []
+
+    proc = run_entry_point(
+        "eval.py", *fixture_data_overrides(synthetic_sid, tmp_path / "cache"),
+        "data.num_workers=0", "data.persistent_workers=false", "data.progress=false",
+        f"paths.root_dir={tmp_path}", f"ckpt={ckpt}", "split=val", "max_images=1",
+        "save_images=false", f"output={tmp_path / 'eval'}")
+    assert ("evaluating with data.amplification='estimated' (trained with 'exposure_ratio')"
+            in proc.stdout + proc.stderr)
+    assert (tmp_path / "eval" / "summary.json").is_file()  # a warning, not a refusal
