@@ -131,7 +131,7 @@ def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_
     # 2. The same command resumes from that step (no pre-flight check), then gets SIGTERM:
     # it saves, says so, and exits non-zero.
     stopped, _ = start_and_stop(args, tmp_path, signal.SIGTERM, after_step=killed_at)
-    assert f"Restoring states from the checkpoint path at {last}" in stopped.stderr
+    assert f"Restoring states from the checkpoint path at {last}" in stopped.stdout + stopped.stderr
     assert PREFLIGHT_PASSED not in stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "darkraw: stopped by SIGTERM at step" in stopped.stderr
@@ -140,5 +140,5 @@ def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_
 
     # 3. resume=true finishes it: same steps, learning rate and logged history as the reference.
     resumed = run_entry_point("train.py", *args, "resume=true")
-    assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
     assert_same_as_reference(folder, reference)
