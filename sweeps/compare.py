@@ -30,6 +30,7 @@ import argparse
 import csv
 import math
 import os
+import shlex
 import socket
 import statistics
 import sys
@@ -137,6 +138,7 @@ class Comparison:
     sweep_dir: Path
     jobs: list[Job]
     swept_keys: list[str]
+    #: ``{key: override}`` of the overrides every job shares, as typed (``+sweep=rdb``).
     common: dict[str, str]
     seed_key: str | None
     command: str | None
@@ -216,6 +218,8 @@ def job_values(job: Job, status: dict[str, Any] | None, metrics_csv: Path) -> di
         steps = max(logged_steps) + 1
     values["steps"] = int(steps) if steps is not None else nan
     wall = (status or {}).get("wall_seconds")
+    if wall is None and status and status.get("segments"):
+        wall = unfinished_wall_seconds(status, metrics_csv)
     if wall is None and metrics_csv.is_file() and job.job_dir is not None:
         # No status file: from the job folder's first file (Hydra's config) to the last metrics.
         config = job.job_dir / ".hydra" / "config.yaml"
@@ -229,39 +233,101 @@ def job_values(job: Job, status: dict[str, Any] | None, metrics_csv: Path) -> di
     return values
 
 
-def planned_jobs(sweep_dir: Path) -> tuple[list[list[str]] | None, list[str], str | None]:
-    """``(each planned job's overrides, the swept keys, the command)`` from ``multirun.yaml``.
+def unfinished_wall_seconds(status: dict[str, Any], metrics_csv: Path) -> float | None:
+    """Wall time of a job whose last segment has not recorded its end (running or killed).
+
+    job_status.json adds up the segments only when one ends; until then: the earlier segments'
+    total plus the current one up to its last metrics write (``.hydra/config.yaml`` would not
+    do: Hydra rewrites it at every relaunch).
+    """
+    segments = [s for s in status["segments"] if isinstance(s, dict)]
+    if not segments:
+        return None
+    earlier = [s.get("wall_seconds") for s in segments[:-1]]
+    total = sum(float(w) for w in earlier if isinstance(w, int | float))
+    started = segments[-1].get("started")
+    if isinstance(started, int | float) and metrics_csv.is_file():
+        total += max(0.0, metrics_csv.stat().st_mtime - float(started))
+    return total
+
+
+@dataclass
+class Plan:
+    """What ``multirun.yaml`` says about a sweep (all empty without one)."""
+
+    #: Each planned job's overrides; None when the sweeper plans as it goes (Optuna).
+    jobs: list[list[str]] | None = None
+    #: Keys the sweep spec sweeps (``+``/``~`` prefixes dropped).
+    swept: list[str] = field(default_factory=list)
+    #: The command that continues this sweep in this folder (or reruns a finished one).
+    command: str | None = None
+    #: ``{key: override as typed}`` of the command line's task overrides, ``+`` kept.
+    typed: dict[str, str] = field(default_factory=dict)
+
+
+def _key(override: str) -> str:
+    return str(override).partition("=")[0].lstrip("+~")
+
+
+def sweep_command(task: Sequence[str], hydra_overrides: Sequence[str], sweep_dir: Path) -> str:
+    """``python train.py -m`` with the overrides as typed, and the sweep folder.
+
+    ``hydra.sweep.dir`` is what makes the command continue this sweep (finished jobs end at
+    once, the others resume) instead of starting a new timestamped one, so it is always there:
+    as typed when it names this folder from here, else as this folder's absolute path.
+    ``hydra.mode=MULTIRUN`` is how Hydra records ``-m``, so it is not repeated.
+    """
+    here = sweep_dir.resolve()
+    arguments = list(task)
+    has_dir = False
+    for override in hydra_overrides:
+        key = _key(override)
+        if key == "hydra.mode":
+            continue
+        if key == "hydra.sweep.dir":
+            has_dir = True
+            typed = str(override).partition("=")[2]
+            if Path(typed).expanduser().resolve() != here:
+                override = f"hydra.sweep.dir={here}"  # moved, or compared from elsewhere
+        arguments.append(str(override))
+    if not has_dir:
+        arguments.append(f"hydra.sweep.dir={here}")
+    return "python train.py -m " + " ".join(shlex.quote(a) for a in arguments)
+
+
+def planned_jobs(sweep_dir: Path) -> Plan:
+    """The sweep's plan, command and typed overrides from its ``multirun.yaml``.
 
     The planned list is rebuilt the way Hydra's BasicSweeper builds it (its ``params`` plus the
     command-line overrides, expanded as a cartesian product), so jobs a killed sweep never
-    started are reported. Other sweepers (Optuna) plan as they go: None.
+    started are reported. Other sweepers (Optuna) plan as they go: no list.
     """
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
-        return None, [], None
+        return Plan()
+    plan = Plan()
     try:
         config = OmegaConf.load(path)
         task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[])]
+        hydra_overrides = [str(o) for o in
+                           OmegaConf.select(config, "hydra.overrides.hydra", default=[])]
+        plan.command = sweep_command(task, hydra_overrides, sweep_dir)
+        plan.typed = {_key(o): o for o in task}
         sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
         sweeper = OmegaConf.to_container(sweeper, resolve=False) if sweeper is not None else {}
         params = sweeper.get("params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()] + task
-        command = "python train.py -m " + " ".join(_quote(a) for a in task)
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parsed = OverridesParser.create().parse_overrides(arguments)
-        swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-        if "basic_sweeper" not in str(sweeper.get("_target_", "")):
-            return None, swept, command
-        batches = BasicSweeper.split_arguments(parsed, None)
-        return [list(job) for batch in batches for job in batch], swept, command
+        plan.swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+        if "basic_sweeper" in str(sweeper.get("_target_", "")):
+            batches = BasicSweeper.split_arguments(parsed, None)
+            plan.jobs = [list(job) for batch in batches for job in batch]
     except Exception:  # the plan is a completeness check, not a requirement
-        return None, [], None
-
-
-def _quote(argument: str) -> str:
-    return f"'{argument}'" if any(c in argument for c in " *?[]()$;&|<>\"") else argument
+        pass
+    return plan
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -282,10 +348,10 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
         raise FileNotFoundError(f"no such sweep folder: {sweep_dir}")
     rule = rule or LearningRule()
     jobs = [read_job(d) for d in find_job_dirs(sweep_dir)]
-    planned, swept_in_plan, command = planned_jobs(sweep_dir)
-    if planned is not None:
+    plan = planned_jobs(sweep_dir)
+    if plan.jobs is not None:
         seen = [set(j.overrides) for j in jobs]
-        for overrides in planned:
+        for overrides in plan.jobs:
             if set(overrides) not in seen:
                 jobs.append(Job(name=",".join(overrides), job_dir=None, overrides=overrides,
                                 status=NOT_STARTED))
@@ -298,24 +364,33 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
         if job.status in (COMPLETED, UNKNOWN, INCOMPLETE, INTERRUPTED, RUNNING):
             job.learned, found = rule.judge(job.series, job.nonfinite)
             job.flags, job.reasons = list(found), list(found.values())
-    swept_keys, common = sweep_axes(jobs, swept_in_plan)
+    swept_keys, common = sweep_axes(jobs, plan.swept)
+    # As the user typed them (`+sweep=rdb`, `preflight.enabled=false`): a job's overrides.yaml
+    # has Hydra's re-rendering of its values (`False`).
+    common = {k: plan.typed.get(k, v) for k, v in common.items()}
     seed = seed_key if seed_key in swept_keys else None
     comparison = Comparison(sweep_dir=sweep_dir, jobs=jobs, swept_keys=swept_keys,
-                            common=common, seed_key=seed, command=command, rule=rule)
+                            common=common, seed_key=seed, command=plan.command, rule=rule)
     if seed:
         comparison.seed_rows = aggregate_seeds(comparison)
     return comparison
 
 
-def sweep_axes(jobs: Sequence[Job], swept_in_plan: Sequence[str]) -> tuple[list[str], dict]:
-    """Keys whose value differs between jobs (or that the sweep spec sweeps), and the rest."""
+def sweep_axes(jobs: Sequence[Job],
+               swept_in_plan: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Keys whose value differs between jobs (or that the sweep spec sweeps), and the rest.
+
+    The rest as ``{key: override}``, the override with its ``+``/``~`` prefix: ``sweep=rdb``
+    is not a valid override where ``+sweep=rdb`` was typed.
+    """
     all_params = [j.params for j in jobs]
     keys: list[str] = []
     for params in all_params:
         keys += [k for k in params if k not in keys]
     swept = [k for k in keys if k in swept_in_plan
              or len({p.get(k) for p in all_params}) > 1]
-    common = {k: all_params[0][k] for k in keys if k not in swept and k in all_params[0]}
+    first = {_key(o): str(o) for o in jobs[0].overrides}
+    common = {k: first[k] for k in keys if k not in swept and k in first}
     return swept, common
 
 
@@ -498,13 +573,15 @@ def wandb_lines(comparison: Comparison) -> list[str]:
         return []
     groups = sorted({j.wandb_group for j in comparison.jobs if j.wandb_group})
     sweep = str(comparison.sweep_dir)
-    lines = [f"W&B: {len(runs)} offline run(s)"
-             + (f", group {', '.join(repr(g) for g in groups)}" if groups else "") + ".",
-             f"  upload all:  wandb sync '{sweep}'/*/wandb/offline-run-*",
-             "  browse one:  wandb leet '<job folder>/wandb'   e.g.",
-             f"               wandb leet '{comparison.jobs[0].job_dir}/wandb'"
-             if comparison.jobs[0].job_dir else ""]
-    return [line for line in lines if line]
+    # The example must be a job that has a wandb/ folder: a job that failed before its logger
+    # started (often the first one, in job order) has none.
+    example = next(j.job_dir for j in comparison.jobs if j.wandb_runs and j.job_dir)
+    return [f"W&B: {len(runs)} offline run(s) in {sum(bool(j.wandb_runs) for j in comparison.jobs)}"
+            f" of {len(comparison.jobs)} job(s)"
+            + (f", group {', '.join(repr(g) for g in groups)}" if groups else "") + ".",
+            f"  upload all:  wandb sync '{sweep}'/*/wandb/offline-run-*",
+            "  browse one:  wandb leet '<job folder>/wandb'   e.g.",
+            f"               wandb leet '{example}/wandb'"]
 
 
 def write_markdown(comparison: Comparison, path: Path) -> Path:
@@ -515,7 +592,7 @@ def write_markdown(comparison: Comparison, path: Path) -> Path:
         parts += ["Command:", "", "```bash", comparison.command, "```", ""]
     if comparison.common:
         parts += ["Common to all jobs: "
-                  + ", ".join(f"`{k}={v}`" for k, v in comparison.common.items()), ""]
+                  + ", ".join(f"`{o}`" for o in comparison.common.values()), ""]
     done = sum(j.status == COMPLETED for j in comparison.jobs)
     parts += [f"{len(comparison.jobs)} job(s): {done} completed, "
               f"{sum(j.status == FAILED for j in comparison.jobs)} failed, "
@@ -679,7 +756,7 @@ def print_rich(comparison: Comparison) -> None:
         table.add_row(*row, style=style)
     console.print(table)
     if comparison.common:
-        console.print("common: " + " ".join(f"{k}={v}" for k, v in comparison.common.items()),
+        console.print("common: " + " ".join(comparison.common.values()),
                       markup=False)
     if comparison.seed_rows:
         s_header, s_rows = seed_table_rows(comparison)

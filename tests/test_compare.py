@@ -58,10 +58,13 @@ def write_job(sweep: Path, overrides: Sequence[str], num: int, *,
     return job
 
 
-def write_multirun(sweep: Path, task: Sequence[str], params: dict[str, str] | None = None) -> None:
+def write_multirun(sweep: Path, task: Sequence[str], params: dict[str, str] | None = None,
+                   hydra: Sequence[str] = ()) -> None:
+    """The sweep's ``multirun.yaml``: Hydra splits the command line into hydra and task lists."""
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                "max_batch_size": None, "params": params or {}}
-    config = {"hydra": {"sweeper": sweeper, "overrides": {"task": list(task)}}}
+    config = {"hydra": {"sweeper": sweeper,
+                        "overrides": {"hydra": list(hydra), "task": list(task)}}}
     (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(config))
 
 
@@ -103,7 +106,9 @@ def test_table_values_come_from_each_jobs_metrics(tmp_path: Path) -> None:
         assert (sweep / name).stat().st_size > 0
     markdown = (sweep / "comparison.md").read_text()
     assert "| model.rdb |" in markdown and "| after | completed | 24.00 | 25.00 (199)" in markdown
-    assert "python train.py -m model.rdb=after,before" in markdown
+    # The command continues this sweep: without hydra.sweep.dir it would start a new one.
+    assert f"python train.py -m model.rdb=after,before hydra.sweep.dir={sweep.resolve()}\n" \
+        in markdown
 
 
 @pytest.mark.parametrize(
@@ -178,6 +183,7 @@ def test_seed_axis_gives_mean_and_sample_std(tmp_path: Path) -> None:
     assert (before["n"], before["n_failed"], before["seeds"]) == ("2", "1", "1,2")
     markdown = (tmp_path / "comparison.md").read_text()
     assert "mean ± sample std" in markdown and "25.33 ± 1.53" in markdown
+    assert "Common to all jobs: `+sweep=rdb_seeds`" in markdown  # with its `+`, as typed
 
 
 def test_failed_unfinished_and_never_started_jobs_are_listed(tmp_path: Path) -> None:
@@ -225,3 +231,59 @@ def test_labels_are_short_but_unique(tmp_path: Path) -> None:
     comparison = collect(tmp_path)
     assert sorted(compare.run_labels(comparison).values()) == [
         "rdb=after, gamma=1", "rdb=before, gamma=0.02"]
+
+
+def test_command_and_common_overrides_are_as_typed(tmp_path: Path, monkeypatch,
+                                                   capsys) -> None:
+    """What the user typed, so the lines can be pasted back: ``+`` kept, ``false`` not ``False``.
+
+    Hydra records ``-m`` as ``hydra.mode=MULTIRUN`` (not repeated) and keeps other hydra
+    overrides (the sweep folder, the launcher) apart from the task's.
+    """
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "outputs" / "multirun" / "rdb-cpu"
+    sweep.mkdir(parents=True)
+    write_multirun(sweep, ["+sweep=rdb", "preflight.enabled=false", "scheduler.milestones=[100]"],
+                   {"model.rdb": "after,before"},
+                   hydra=["hydra.sweep.dir=outputs/multirun/rdb-cpu", "hydra.mode=MULTIRUN",
+                          "hydra/launcher=basic"])
+    for num, rdb in enumerate(("after", "before")):
+        # A job's overrides.yaml holds Hydra's rendering of the values.
+        write_job(sweep, [f"model.rdb={rdb}", "+sweep=rdb", "preflight.enabled=False",
+                          "scheduler.milestones=[100]"], num)
+
+    comparison = collect(sweep)
+    assert comparison.swept_keys == ["model.rdb"]
+    assert list(comparison.common.values()) == [
+        "+sweep=rdb", "preflight.enabled=false", "scheduler.milestones=[100]"]
+    assert comparison.command == (
+        "python train.py -m +sweep=rdb preflight.enabled=false 'scheduler.milestones=[100]' "
+        "hydra.sweep.dir=outputs/multirun/rdb-cpu hydra/launcher=basic")
+    write_all(comparison, plots=False)
+    markdown = (sweep / "comparison.md").read_text()
+    assert comparison.command in markdown
+    assert ("Common to all jobs: `+sweep=rdb`, `preflight.enabled=false`, "
+            "`scheduler.milestones=[100]`") in markdown
+    compare.print_rich(comparison)
+    assert "common: +sweep=rdb preflight.enabled=false" in capsys.readouterr().out
+
+    # Compared from elsewhere (or moved): the typed relative folder would name another one.
+    monkeypatch.chdir(sweep)
+    assert collect(sweep).command.endswith(f"hydra.sweep.dir={sweep.resolve()} "
+                                           "hydra/launcher=basic")
+
+
+def test_wandb_hint_names_a_job_that_has_a_wandb_folder(tmp_path: Path) -> None:
+    """The first job failed before W&B started (no ``wandb/``): the example must be another."""
+    write_job(tmp_path, ["model.rdb=sideways"], 0, status="failed", error="not allowed")
+    good = write_job(tmp_path, ["model.rdb=before"], 1)
+    (good / "wandb" / "offline-run-20260101_000000-abc").mkdir(parents=True)
+
+    lines = compare.wandb_lines(collect(tmp_path))
+
+    assert lines[0].startswith("W&B: 1 offline run(s) in 1 of 2 job(s)")
+    assert lines[-1].strip() == f"wandb leet '{good}/wandb'"
+    assert "sideways" not in "\n".join(lines)
+    # No job with an offline run: no W&B section at all (nothing to point at).
+    (good / "wandb" / "offline-run-20260101_000000-abc").rmdir()
+    assert compare.wandb_lines(collect(tmp_path)) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -232,6 +233,29 @@ def test_rdb_multirun_then_comparison(synthetic_sid: Path, cache_dir: Path,
         assert read_run_record(run_dir)["group"] == run["run_group"]  # compare's fast reader
         assert config["model"]["rdb"] == rdb  # nested, so W&B can group runs by model.rdb
     assert groups == {f"quickstart@{sweep.parent.name}_{sweep.name}"}
+
+    # Continue the sweep with the command the comparison prints: same folder, so every job
+    # resumes from its last.ckpt, finds max_steps reached and validates nothing.
+    markdown = (sweep / "comparison.md").read_text()
+    command = markdown.split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert f"hydra.sweep.dir={sweep}" in command
+    before = {job: read_status(job) for job in jobs}
+    run_entry_point(*shlex.split(command)[1:], timeout=400)
+    assert job_dirs(sweep) == jobs  # no new sweep folder, no new job folders
+    subprocess.run([sys.executable, "-m", "sweeps.compare", str(sweep), "--no-plots", "--quiet"],
+                   env=subprocess_env(PYTHONPATH=str(REPO)), timeout=120, check=True)
+    table = read_table(sweep)
+    for job in jobs:
+        first, status = before[job], read_status(job)
+        assert status["status"] == "completed" and status["attempts"] == 2
+        assert status["started"] == first["started"]  # the job's start, not the relaunch's
+        assert [s["status"] for s in status["segments"]] == ["completed", "completed"]
+        assert status["wall_seconds"] == pytest.approx(
+            first["wall_seconds"] + status["segments"][1]["wall_seconds"])
+        # The first segment's metrics survive a relaunch that reports only best/val/psnr.
+        assert set(first["metrics"]) <= set(status["metrics"])
+        assert status["metrics"]["val/psnr"] == first["metrics"]["val/psnr"]
+        assert float(table[str(job)]["wall_s"]) == pytest.approx(status["wall_seconds"])
 
 
 @pytest.mark.slow
