@@ -315,7 +315,8 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
         ("last checkpoint", summary.last_checkpoint),
         ("metrics (CSV)", summary.metrics_csv),
         ("learning curve", summary.learning_curve),
-        ("validation images", summary.output_dir / "images"),
+        ("validation images", images if (images := summary.output_dir / "images").is_dir()
+         and any(images.iterdir()) else None),
         ("W&B offline run", summary.wandb_dir),
     ]
     psnr = summary.metrics.get("val/psnr")

@@ -203,3 +203,16 @@ def test_help_names_every_group_launcher_and_named_sweep() -> None:
     sweeps = sorted(p.stem for p in (REPO / "sweeps/conf/sweep").glob("*.yaml"))
     named = re.search(r"\+sweep=(\S+)", proc.stdout)
     assert named and sorted(named.group(1).split("|")) == sweeps
+
+
+def test_the_summary_lists_only_files_that_exist(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from darkraw.training import RunSummary, print_summary
+
+    summary = RunSummary(output_dir=tmp_path, metrics={"val/psnr": 20.0}, global_step=3)
+    print_summary(summary)  # no validation ran: no images folder
+    assert "validation images" not in capsys.readouterr().err
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "val_step0000003.png").write_bytes(b"png")
+    print_summary(summary)
+    assert f"validation images  {tmp_path / 'images'}" in capsys.readouterr().err
