@@ -107,6 +107,18 @@ def check_accelerator_available(accelerator: str) -> None:
         )
 
 
+def check_patch_fits_loss(patch_size: object, win_size: int, min_side: int) -> None:
+    """At start, not at the first training step (or in the pre-flight check's own settings):
+    MS-SSIM's five scales need crops larger than ``min_side`` (160 px with an 11-px window)."""
+    if isinstance(patch_size, int) and patch_size <= min_side:
+        smallest = (min_side // 32 + 1) * 32
+        raise ConfigError(
+            f"data.patch_size={patch_size} is too small for the loss: MS-SSIM over 5 scales with "
+            f"loss.win_size={win_size} needs crops larger than {min_side} px; use a multiple of "
+            f"32 from {smallest} (the paper: 512), or a smaller loss.win_size"
+        )
+
+
 def check_train_metrics_interval(model_cfg: Mapping[str, Any],
                                  trainer_cfg: Mapping[str, Any]) -> None:
     every = model_cfg.get("train_metrics_every_n_steps", 50)
@@ -387,6 +399,8 @@ def train(cfg: DictConfig) -> RunSummary:
     # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
+    check_patch_fits_loss(cfg.data.get("patch_size"), module.loss_cfg.win_size,
+                          module.criterion.min_side)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
     ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir,
                                   Path(cfg.trainer.get("default_root_dir") or output_dir))

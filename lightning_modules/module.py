@@ -74,9 +74,10 @@ def summary_input(image_size: tuple[int, int] | list[int] | None,
         not isinstance(side, int) or side < multiple or side % multiple for side in image_size
     ):
         raise ConfigError(
-            f"model.summary_image_size={list(image_size)!r} is not allowed: give [height, width] "
-            f"of a full-resolution image, each a multiple of {multiple} (the paper's 2048 x 4096: "
-            "[2048, 4096]), or null to leave FLOPs out of the model summary"
+            f"model.summary_image_size={list(image_size)!r} (by default data.patch_size, "
+            "squared) is not allowed: give [height, width] of a full-resolution image, each a "
+            f"multiple of {multiple} (the paper's 2048 x 4096: [2048, 4096]), or null to leave "
+            "FLOPs out of the model summary"
         )
     height, width = image_size
     return torch.zeros(1, INPUT_CHANNELS, height // 2, width // 2)

@@ -110,8 +110,12 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
         ("model.train_metrics_every_n_steps=15", "model.train_metrics_every_n_steps=15 is not "
                                                  "allowed: give a multiple of "
                                                  "trainer.log_every_n_steps=10"),
-        ("model.summary_image_size=[100,64]", "model.summary_image_size=[100, 64] is not "
-                                              "allowed: give [height, width]"),
+        ("data.patch_size=160", "data.patch_size=160 is too small for the loss: MS-SSIM over 5 "
+                                "scales with loss.win_size=11 needs crops larger than 160 px; "
+                                "use a multiple of 32 from 192"),
+        ("model.summary_image_size=[100,64]", "model.summary_image_size=[100, 64] (by default "
+                                              "data.patch_size, squared) is not allowed: give "
+                                              "[height, width]"),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
