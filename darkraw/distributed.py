@@ -263,27 +263,42 @@ def requeue_checkpoints(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob(REQUEUE_CHECKPOINT_GLOB))
 
 
-def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
-    """Move a previous run's checkpoints out of the way of a run that starts over.
+#: What a run leaves in its folder besides checkpoints: moved aside with them by resume=false.
+PREVIOUS_RUN_FILES = ("csv", "images", "learning_curve.png")
+
+
+def set_aside_previous_run(checkpoint_dir: Path, run_dir: Path | None = None) -> Path | None:
+    """Move a previous run's checkpoints, metrics and images out of the way of a fresh start.
 
     Left in place, its ``best-*.ckpt`` files would sit beside the new run's, unknown to the new
-    ModelCheckpoint (which only ranks and prunes its own) and easily taken for the new best.
-    Deleting them would lose a run someone may still want, so they are renamed instead.
+    ModelCheckpoint (which only ranks and prunes its own) and easily taken for the new best, and
+    the CSV logger would delete its ``metrics.csv``. Nothing is deleted: everything goes into
+    ``<run>/replaced-<date-time>/``. W&B keeps each run in a folder of its own already.
     """
-    if not checkpoint_dir.is_dir() or not any(checkpoint_dir.glob("*.ckpt")):
+    checkpoint_dir = Path(checkpoint_dir)
+    parent = Path(run_dir) if run_dir is not None else checkpoint_dir.parent
+    moving = [checkpoint_dir] if checkpoint_dir.is_dir() and any(checkpoint_dir.glob("*.ckpt")) \
+        else []
+    if run_dir is not None:
+        moving += [parent / name for name in PREVIOUS_RUN_FILES if (parent / name).exists()]
+    if not moving:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}")
+    target = parent / f"replaced-{stamp}"
     suffix = 1
     while target.exists():
         suffix += 1
-        target = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}-{suffix}")
-    checkpoint_dir.rename(target)
-    log.warning("resume=false: the previous run's checkpoints were moved to %s", target)
+        target = parent / f"replaced-{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for path in moving:
+        path.rename(target / path.name)
+    log.warning("resume=false: the previous run's %s moved to %s",
+                ", ".join(path.name for path in moving), target)
     return target
 
 
-def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path) -> str | None:
+def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path,
+                      run_dir: Path | None = None) -> str | None:
     """What ``Trainer.fit`` continues from: ``last.ckpt`` or a newer SLURM requeue checkpoint.
 
     ``resume=false`` deletes stale requeue checkpoints: under SLURM Lightning would otherwise load
@@ -299,7 +314,7 @@ def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path) -> 
         for path in requeued:
             path.unlink(missing_ok=True)
         if env_global_rank() == 0:
-            set_aside_checkpoints(Path(checkpoint_dir))
+            set_aside_previous_run(Path(checkpoint_dir), run_dir)
         return resolve_resume(mode, checkpoint_dir)
     newest_requeued = max(requeued, key=lambda p: p.stat().st_mtime_ns, default=None)
     last = Path(checkpoint_dir) / "last.ckpt"

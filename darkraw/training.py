@@ -403,7 +403,8 @@ def train(cfg: DictConfig) -> RunSummary:
                           module.criterion.min_side)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
     ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir,
-                                  Path(cfg.trainer.get("default_root_dir") or output_dir))
+                                  Path(cfg.trainer.get("default_root_dir") or output_dir),
+                                  run_dir=output_dir)
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
 
@@ -429,6 +430,9 @@ def train(cfg: DictConfig) -> RunSummary:
         log_resolved_config(loggers, cfg)
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
+            # Of course it is not: it holds the checkpoint this run continues from.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not "
+                                    "empty")
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException as stop:

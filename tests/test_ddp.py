@@ -109,14 +109,14 @@ def test_resume_prefers_a_newer_slurm_requeue_checkpoint(tmp_path: Path) -> None
     (ckpt_dir / "best-step0000400-psnr20.44.ckpt").write_bytes(b"old best")
     assert resume_checkpoint("false", ckpt_dir, tmp_path) is None
     assert not hpc.exists() and not ckpt_dir.exists()
-    (moved,) = tmp_path.glob("checkpoints.replaced-*")
-    assert sorted(p.name for p in moved.iterdir()) == ["best-step0000400-psnr20.44.ckpt",
-                                                       "last.ckpt"]
+    (moved,) = tmp_path.glob("replaced-*")
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == [
+        "best-step0000400-psnr20.44.ckpt", "last.ckpt"]
     # A second start-over in the same second keeps both sets apart.
     ckpt_dir.mkdir()
     last.write_bytes(b"second run")
     assert resume_checkpoint("false", ckpt_dir, tmp_path) is None
-    assert len(list(tmp_path.glob("checkpoints.replaced-*"))) == 2
+    assert len(list(tmp_path.glob("replaced-*"))) == 2
     # Nothing to move: an empty folder (or none) stays as it is.
     ckpt_dir.mkdir()
     assert resume_checkpoint("false", ckpt_dir, tmp_path) is None and ckpt_dir.is_dir()

@@ -76,6 +76,26 @@ def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: 
     assert flops and 355 <= float(flops.group(1)) <= 365, proc.stdout[-2000:]
 
 
+def test_starting_over_keeps_the_previous_run_aside(synthetic_sid: Path, tmp_path: Path) -> None:
+    """resume=false: a fresh run, and the old one's checkpoints, metrics and images kept."""
+    overrides = [*FAST_TRAIN, "trainer.max_steps=2", "logger=csv",
+                 *data_overrides(synthetic_sid, tmp_path)]
+    run_entry_point("train.py", *overrides)
+    run_dir = only_run_dir(tmp_path)
+    first_metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    second = run_entry_point("train.py", *overrides, "resume=false")
+    assert "Restoring states" not in second.stdout + second.stderr
+    assert "Previous log files" not in second.stdout + second.stderr
+    (kept,) = run_dir.glob("replaced-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "csv", "images",
+                                                     "learning_curve.png"]
+    assert (kept / "csv" / "metrics.csv").read_text() == first_metrics
+    assert {p.name for p in (kept / "checkpoints").glob("*.ckpt")} >= {"last.ckpt"}
+    # The new run's folder holds only its own checkpoints, written afresh.
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
 def test_logger_none_still_writes_checkpoints(synthetic_sid: Path, tmp_path: Path) -> None:
     run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
                     *data_overrides(synthetic_sid, tmp_path))
@@ -171,6 +191,7 @@ def test_relaunching_resumes_into_the_same_wandb_run(synthetic_sid: Path, tmp_pa
     run_entry_point("train.py", *args)
     second = run_entry_point("train.py", *args)  # same command: same folder, resumes
     assert "Resuming from" in second.stdout + second.stderr
+    assert "exists and is not empty" not in second.stdout + second.stderr
     run_dir = only_run_dir(tmp_path)
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
