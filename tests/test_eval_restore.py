@@ -196,6 +196,7 @@ def test_missing_checkpoint_is_one_line_saying_how_to_pass_it(script: str,
         "darkraw: error: ckpt is not set: pass it on the command line, e.g. "
         "ckpt=outputs/<experiment>/runs/<run>/checkpoints/best-....ckpt (or last.ckpt)"
     ]
+    assert list(tmp_path.rglob("*")) == []  # no log file, no folder left behind
 
 
 def test_restore_missing_input_says_how_to_pass_it(random_checkpoint: Path,
