@@ -224,10 +224,16 @@ def build_wandb_logger(cfg: DictConfig, node: DictConfig, output_dir: Path,
     extra = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
              if k not in ("group", "tags", "name")}
     extra["name"] = node.get("name") or f"{cfg.name}/{run_name}"
-    return instantiate(
+    logger = instantiate(
         {**extra, "group": group, "tags": tags, "id": wandb_run_id(output_dir, fresh),
          "resume": "allow"}
     )
+    # Lightning always hands wandb.init anonymous=None, and wandb 0.2x+ then warns on every run
+    # that "the anonymous setting has no effect": leave the unset setting out.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous", False) is None:
+        del init["anonymous"]
+    return logger
 
 
 def log_resolved_config(loggers: list[Logger], cfg: DictConfig) -> None:

@@ -70,6 +70,7 @@ def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: 
     output = proc.stdout + proc.stderr
     assert output.count("Seed set to") == 1
     assert "Tip: For seamless" not in output and "LeafSpec" not in output  # library noise
+    assert "anonymous setting has no effect" not in output
     # The model summary counts the FLOPs of one 192 x 192 patch (not "Total FLOPs: 0"): torch's
     # FlopCounterMode, which Lightning uses, gives 362 M; ptflops' aten backend 363 M.
     flops = re.search(r"Total FLOPs: ([0-9.]+) M", proc.stdout)
