@@ -188,6 +188,7 @@ class JobStatus:
         self._earlier_wall: list[float | None] = []
         self._previous_sigterm: _SignalHandler = None
         self._sigterm_handler: Callable[[int, FrameType | None], None] | None = None
+        self._sigterm_pid: int | None = None
 
     @property
     def path(self) -> Path:
@@ -335,6 +336,7 @@ class JobStatus:
             return
         self._previous_sigterm = previous
         self._sigterm_handler = self._on_sigterm  # one object: compared by identity below
+        self._sigterm_pid = os.getpid()
         signal.signal(signal.SIGTERM, self._sigterm_handler)
 
     def _restore_sigterm_handler(self) -> None:
@@ -363,6 +365,12 @@ class JobStatus:
         the SLURM launcher, logs SIGTERM and lets the job go on): if it raises, that is
         recorded; if it returns, the job goes on and its record stays ``running``.
         """
+        if os.getpid() != self._sigterm_pid:
+            # A forked child (a cache-building or data-loading worker) inherited this handler:
+            # the job's record is its parent's to write. Die as SIGTERM's default action would.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         handler = self._sigterm_handler
         if handler is None or signal.getsignal(signal.SIGTERM) is not handler:
             return  # called from Lightning's handler chain, or after the job's end

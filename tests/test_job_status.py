@@ -280,6 +280,27 @@ def test_sigterm_before_training_is_recorded_and_exits_143(tmp_path: Path) -> No
     assert record["wall_seconds"] > 0
 
 
+def test_a_forked_worker_dies_on_sigterm_without_writing_the_record(tmp_path: Path) -> None:
+    """Cache and loader workers inherit the handler; the job's record is not theirs to write."""
+    job = tmp_path / "job"
+    proc = run_until_ready("""
+        import multiprocessing, os, signal, sys, time
+        from sweeps.job_status import JobStatus
+        JobStatus(sys.argv[1], [], enabled=True).start()
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()
+        print("ready", flush=True)
+        time.sleep(0.5)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(30)
+        print(worker.exitcode, flush=True)
+    """, job)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == [str(-signal.SIGTERM)]  # killed by the signal, as by default
+    assert read_status(job)["status"] == "running"  # the parent's job goes on
+
+
 def test_sigterm_outside_any_try_is_still_recorded(tmp_path: Path) -> None:
     """The handler writes the record itself: code that catches nothing still leaves a trace."""
     job = tmp_path / "job"
