@@ -212,14 +212,18 @@ class LearningHealth(HealthCallback):
         self._check_collapse(trainer, metrics, step)
         self._check_plateau(trainer, metrics, step)
 
+    # Every rank votes (self.decide, a collective) at every validation, whatever it saw itself:
+    # a rank that returned before voting would leave the others waiting forever under DDP.
+
     def _check_collapse(self, trainer: L.Trainer, metrics: Mapping[str, Any], step: int) -> None:
-        if not self._pred_std:
-            return
-        std = sum(self._pred_std) / len(self._pred_std)
-        saturated = sum(self._saturated) / len(self._saturated)
-        constant = std < self.min_pred_std
-        clamped = saturated > self.max_saturated_fraction
-        self.collapsed = self.collapsed + 1 if constant or clamped else 0
+        constant = clamped = False
+        std = saturated = math.nan
+        if self._pred_std:
+            std = sum(self._pred_std) / len(self._pred_std)
+            saturated = sum(self._saturated) / len(self._saturated)
+            constant = std < self.min_pred_std
+            clamped = saturated > self.max_saturated_fraction
+            self.collapsed = self.collapsed + 1 if constant or clamped else 0
         if not self.decide(trainer, self.collapsed >= self.collapse_patience):
             if constant or clamped:
                 self.warn(f"darkraw health: step {step}: validation predictions look collapsed "
@@ -235,8 +239,9 @@ class LearningHealth(HealthCallback):
             what.append(f"{saturated:.1%} of pixels at the clamp limits 0 or 1 (> "
                         f"{self.max_saturated_fraction:.0%}, "
                         "callbacks.learning_health.max_saturated_fraction)")
-        message = (f"the predictions collapsed for {self.collapsed} validations in a row (now at "
-                   f"step {step}): {' and '.join(what)}. " + WHAT_TO_CHECK)
+        seen = " and ".join(what) or "on another rank"
+        message = (f"the predictions collapsed for {self.collapse_patience} validations in a row "
+                   f"(now at step {step}): {seen}. " + WHAT_TO_CHECK)
         if self.stop_on_collapse:
             self.fail(trainer, message)
         else:
@@ -256,24 +261,26 @@ class LearningHealth(HealthCallback):
         for name, value in values.items():
             self.tracks[name].update(value, step)
         tracked = [self.tracks[name] for name in values]
-        if not tracked:
-            return
         combine = all if self.plateau_requires == "all" else any
-        stalled_for = min(t.stalled for t in tracked) if self.plateau_requires == "all" else \
-            max(t.stalled for t in tracked)
-        if stalled_for < self.warn_after:
+        stalled_for = 0
+        if tracked:
+            stalled_for = (min(t.stalled for t in tracked) if self.plateau_requires == "all"
+                           else max(t.stalled for t in tracked))
+        # The train loss is each rank's own, so ranks can disagree: the vote settles it.
+        stop = self.decide(trainer, stalled_for >= self.warn_after
+                           and combine(t.stalled >= self.patience for t in tracked))
+        if not stop and stalled_for < self.warn_after:
             self._warned.discard("plateau")
             return
         lines = "; ".join(
             f"{name} {t.last:.4g} (best {t.best:.4g} at step {t.best_step}, not improved by "
             f"{t.min_delta:g} for {t.stalled} validations)"
             for name, t in self.tracks.items() if name in values
-        )
+        ) or "stalled on another rank"
         baseline = metrics.get("val/psnr_input")
         if baseline is not None and "val/psnr" in values:
             lines += (f"; the amplified input alone scores {float(baseline):.2f} dB "
                       f"(val/psnr_input)")
-        stop = self.decide(trainer, combine(t.stalled >= self.patience for t in tracked))
         if stop and self.stop_on_plateau:
             self.fail(trainer, f"no learning progress at step {step}: {lines}. " + WHAT_TO_CHECK)
             return

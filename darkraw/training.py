@@ -374,8 +374,12 @@ def route_lightning_logs_through_hydra() -> None:
 
     The ``lightning`` package logger carries its own console handler ("INFO: ...") and also
     propagates to the root logger, where Hydra's handlers print the message a second time.
+    Python warnings (darkraw's learning-health warnings, Lightning's) go the same way: to the
+    console and into the job's ``train.log`` (on SLURM, the only record a warning would have
+    otherwise is the job's stderr file).
     """
     if logging.getLogger().hasHandlers():
+        logging.captureWarnings(True)
         package = logging.getLogger("lightning")
         for handler in list(package.handlers):
             if isinstance(handler, logging.StreamHandler) and not isinstance(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,27 @@ def test_train_py_exits_loudly_when_not_learning(synthetic_sid: Path, tmp_path: 
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "darkraw: error: training stopped at step 6 because it is not learning" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_rank_votes_at_every_validation_whatever_it_saw() -> None:
+    """A rank that skipped a vote (a collective under DDP) would hang the others: each check
+    must call decide once per validation, improving or stalled, with or without predictions."""
+    from types import SimpleNamespace
+
+    votes: list[bool] = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda flag, all: votes.append(flag)
+                               or flag)
+    trainer = SimpleNamespace(strategy=strategy, should_stop=False, global_step=0)
+    health = LearningHealth(**learning_health_config(warn_after=2, patience=3))
+    psnr = [10.0, 12.0, 14.0, 14.0, 14.0, 14.0]  # improves, then stalls
+    for index, value in enumerate(psnr):
+        health._pred_std = [0.2] if index % 2 else []  # some validations see no predictions
+        health._saturated = [0.0] if index % 2 else []
+        health._loss_sum, health._loss_count = 1.0, 1
+        before = len(votes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            health._check_collapse(trainer, {"val/psnr": value}, index)
+            health._check_plateau(trainer, {"val/psnr": value, "val/ssim": 0.5}, index)
+        assert len(votes) == before + 2, index
+    assert votes[-1] is True  # stalled for patience validations: the plateau vote says stop

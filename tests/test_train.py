@@ -242,3 +242,14 @@ def test_the_summary_lists_only_files_that_exist(tmp_path: Path,
     (tmp_path / "images" / "val_step0000003.png").write_bytes(b"png")
     print_summary(summary)
     assert f"validation images  {tmp_path / 'images'}" in capsys.readouterr().err
+
+
+def test_warnings_reach_the_jobs_log_file(synthetic_sid: Path, tmp_path: Path) -> None:
+    """On a cluster the job's log file is the record: warnings belong in it, once on screen."""
+    proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
+                           "optimizer.lr=1e-4", "scheduler.gamma=0.02", "scheduler.min_lr=1e-5",
+                           "scheduler.milestones=[1]", *data_overrides(synthetic_sid, tmp_path))
+    log_text = (only_run_dir(tmp_path) / "train.log").read_text()
+    floor = "but scheduler.min_lr=1e-05 floors it there"  # darkraw's lr floor warning
+    assert log_text.count(floor) == 1 and "[py.warnings][WARNING]" in log_text
+    assert (proc.stdout + proc.stderr).count(floor) == 1  # and once on screen
