@@ -79,6 +79,9 @@ LIST_FILES = {
 
 MARKER_NAME = ".darkraw_synthetic.json"
 LOCK_NAME = ".darkraw_synthetic.lock"
+#: Written before the first file of a set and never removed: a folder holding raw files or list
+#: files but neither this nor the marker was not made by the generator, which must not touch it.
+OWNER_NAME = ".darkraw_synthetic.owner"
 #: Bump when the output changes for the same parameters, so existing sets are regenerated.
 FORMAT_VERSION = 1
 
@@ -358,6 +361,29 @@ def _own_files(folder: Path) -> Iterator[Path]:
             )
 
 
+def _check_ours(root: Path) -> None:
+    """Refuse a folder with data the generator did not write: it deletes and rewrites the set.
+
+    SID's own download is DNG-free (ARW), but a converted copy, or any SID-style tree of DNGs,
+    would otherwise be replaced without a word, e.g. when a machine-wide ``data.root`` meant for
+    ``data=sid`` also reaches the default synthetic data.
+    """
+    if (root / MARKER_NAME).is_file() or (root / OWNER_NAME).is_file():
+        return
+    found = [path for folder in (root / "Sony" / "short", root / "Sony" / "long")
+             if folder.is_dir() for path in sorted(folder.iterdir())
+             if not path.name.startswith(".")]
+    found += [root / name for name in LIST_FILES.values() if (root / name).exists()]
+    if found:
+        raise SyntheticLayoutError(
+            f"{found[0]} (and {len(found) - 1} more files) was not written by darkraw's "
+            f"synthetic generator, so {root} looks like a real dataset. The generator deletes "
+            "and rewrites its folder: point the synthetic data's root to an empty or "
+            "synthetic-only folder (data.root, by default data/synthetic_sid); for a real SID "
+            "tree use data=sid (machine-wide: paths.sid_root in conf/local/default.yaml)."
+        )
+
+
 def _remove_stale(root: Path) -> None:
     """Delete a previous set first; the marker goes first so a crash never leaves it valid."""
     folders = [root / "Sony" / "short", root / "Sony" / "long"]
@@ -488,6 +514,7 @@ def generate_synthetic_sid(
     )
     if _is_complete(root, params):
         return root
+    _check_ours(root)
     num_scenes = sum(counts.values())
     ensure_free_space(root, _bytes_needed(num_scenes, shots_per_scene, height, width),
                       f"the synthetic SID set ({num_scenes} scenes of {height}x{width})")
@@ -504,6 +531,9 @@ def _generate(
     width: int, long_exposure: float, noise: dict[str, float], progress: bool,
 ) -> None:
     """Remove, write, then mark: the marker comes last, so only a finished set ever counts."""
+    _check_ours(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / OWNER_NAME).write_text("written by darkraw's synthetic SID generator\n")
     _remove_stale(root)
     with _progress(len(scenes), progress) as bar:
         for scene in scenes:

@@ -201,10 +201,9 @@ def test_patch_larger_than_images(coded: tuple[Path, Path]) -> None:
 def test_hydra_configs_instantiate(tmp_path: Path) -> None:
     for name, cls in (("sid", SIDDataModule), ("synthetic", SyntheticSIDDataModule)):
         cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
-        root = OmegaConf.create(
-            {"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}, "seed": 5,
-             "data": cfg}
-        )
+        paths = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "paths" / "default.yaml"),
+                                {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")})
+        root = OmegaConf.create({"paths": paths, "seed": 5, "data": cfg})
         dm = instantiate(root.data)
         assert type(dm) is cls and dm.seed == 5 and str(dm.root).startswith(str(tmp_path))
         init_args = set(cls.__init__.__code__.co_varnames[1 : cls.__init__.__code__.co_argcount])

@@ -20,6 +20,7 @@ from datamodules.sid_lists import pairs_from_authors, pairs_from_lists, parse_si
 from datamodules.synthetic import (
     BLACK_LEVEL,
     MARKER_NAME,
+    OWNER_NAME,
     WHITE_LEVEL,
     SyntheticLayoutError,
     format_exposure,
@@ -191,7 +192,7 @@ def test_missing_marker_or_file_regenerates(tmp_path: Path) -> None:
     generate_synthetic_sid(root, **TINY)
     after = dng_files(root)
     assert not leftover.exists()
-    assert set(after) == set(marker["files"]) | {MARKER_NAME}
+    assert set(after) == set(marker["files"]) | {MARKER_NAME, OWNER_NAME}
     assert all(mtime > 1_000_000_000 for mtime in after.values())
     assert json.loads((root / MARKER_NAME).read_text()) == marker
     (root / "Sony" / "long" / "00002_00_10s.dng").unlink()  # damaged set, marker intact
@@ -216,6 +217,24 @@ def test_refuses_to_delete_real_data(tmp_path: Path) -> None:
     with pytest.raises(SyntheticLayoutError, match=r"00001_00_0\.1s\.ARW.*real dataset"):
         generate_synthetic_sid(tmp_path / "sid", **TINY)
     assert real.read_bytes() == b"a real camera file"
+
+
+def test_refuses_a_sid_style_tree_of_dngs_it_did_not_write(tmp_path: Path) -> None:
+    """A converted SID copy (DNGs, list files, no marker) must not be replaced by synthetic data."""
+    from tests.test_cache import write_sid_tree
+
+    root = write_sid_tree(tmp_path / "sid", train=("00001",), val=("20001",), test=("10001",))
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(SyntheticLayoutError, match=r"looks like a real dataset.*data=sid"):
+        generate_synthetic_sid(root, **TINY)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # untouched
+
+
+def test_an_interrupted_generation_is_still_its_own_to_redo(tmp_path: Path) -> None:
+    root = generate_synthetic_sid(tmp_path / "set", **TINY)
+    (root / MARKER_NAME).unlink()  # as if killed before the marker was written
+    generate_synthetic_sid(root, **TINY)
+    assert (root / MARKER_NAME).is_file()
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path: Path) -> None:
