@@ -174,6 +174,12 @@ def test_experiments_compose_to_the_documented_recipes() -> None:
         paper = compose("train", overrides=["experiment=paper"])
         ablation = compose("train", overrides=["experiment=ablation_baseline"])
         default = compose("train")
+        # A trainer group on the command line wins over the quickstart's CPU default (the
+        # README's multi-GPU and SLURM examples give no experiment).
+        on_gpu = compose("train", overrides=["trainer=gpu"])
+        ddp = compose("train", overrides=["trainer=ddp", "trainer.devices=4"])
+    assert on_gpu.trainer.accelerator == "gpu"
+    assert (ddp.trainer.accelerator, ddp.trainer.devices) == ("gpu", 4)
     assert paper.trainer.max_steps == 1_000_000 and paper.data.batch_size == 8
     assert paper.scheduler.milestones == [500_000] and paper.scheduler.gamma == 0.1
     assert paper.scheduler.min_lr == 1e-5 and paper.optimizer.lr == 1e-4
