@@ -296,9 +296,9 @@ def finish_wandb() -> None:
 
 
 def summarise(trainer: L.Trainer, output_dir: Path, loggers: list[Logger],
-              started: float) -> RunSummary:
+              started: float, fit_metrics: Mapping[str, float] | None = None) -> RunSummary:
     summary = RunSummary(output_dir=output_dir, global_step=trainer.global_step,
-                         wall_seconds=time.time() - started)
+                         wall_seconds=time.time() - started, metrics=dict(fit_metrics or {}))
     for key, value in trainer.callback_metrics.items():
         summary.metrics[key] = float(value)
     for callback in trainer.callbacks:
@@ -346,6 +346,11 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
         rows.append(("last val PSNR", line))
     if "val/ssim" in summary.metrics:
         rows.append(("last val SSIM", f"{summary.metrics['val/ssim']:.4f}"))
+    if "test/psnr" in summary.metrics:  # test_after_fit: the best checkpoint on the test split
+        line = f"{summary.metrics['test/psnr']:.2f} dB"
+        if "test/ssim" in summary.metrics:
+            line += f", SSIM {summary.metrics['test/ssim']:.4f}"
+        rows.append(("test (best ckpt)", line))
     if summary.wandb_dir:
         rows.append(("see it in W&B", f"wandb sync {summary.wandb_dir}"))
         rows.append(("browse offline", f"wandb leet {summary.wandb_dir.parent}"))
@@ -448,9 +453,11 @@ def train(cfg: DictConfig) -> RunSummary:
         except SIGTERMException as stop:
             raise sigterm_exit(trainer, ckpt_dir) from stop
         raise_if_unhealthy(trainer)  # a health callback stopped it: exit 1, with the reason
+        # trainer.test replaces callback_metrics: keep the last validation's figures.
+        fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test_after_fit"):
             trainer.test(module, datamodule=datamodule, ckpt_path="best")
-        summary = summarise(trainer, output_dir, loggers, started)
+        summary = summarise(trainer, output_dir, loggers, started, fit_metrics)
         failed = False
     finally:
         finish_wandb()

@@ -259,3 +259,12 @@ def test_warnings_reach_the_jobs_log_file(synthetic_sid: Path, tmp_path: Path) -
     floor = "but scheduler.min_lr=1e-05 floors it there"  # darkraw's lr floor warning
     assert log_text.count(floor) == 1 and "[py.warnings][WARNING]" in log_text
     assert (proc.stdout + proc.stderr).count(floor) == 1  # and once on screen
+
+
+def test_testing_after_fit_keeps_the_validation_figures(synthetic_sid: Path,
+                                                        tmp_path: Path) -> None:
+    proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
+                           "test_after_fit=true", *data_overrides(synthetic_sid, tmp_path))
+    metrics = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())["metrics"]
+    assert {"val/psnr", "val/ssim", "test/psnr", "test/ssim"} <= set(metrics)
+    assert "last val PSNR" in proc.stderr and "test (best ckpt)" in proc.stderr
