@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from darkraw.errors import ConfigError
+from darkraw.log_once import log_once
 from datamodules.amplification import DEFAULT_M, MAX_AMPLIFICATION
 from datamodules.cache import AMPLIFICATION_MODES, CachedPair, CacheIndex, build_cache, open_cache
 from datamodules.raw import CROP_MULTIPLE, normalise, pack_bayer, unpack_bayer
@@ -392,7 +393,8 @@ class SIDDataModule(L.LightningDataModule):
                 index.splits["test"], train=False, full_image=self.full_image_eval, **common
             ),
         }
-        log.info(
+        log_once(
+            log, logging.INFO,
             "SID %s pairs: train %d pairs from %d scenes (fraction %.2f), val %d, test %d",
             self.pairs,
             len(train_pairs),
@@ -403,7 +405,7 @@ class SIDDataModule(L.LightningDataModule):
         )
         message = validation_overlap_warning(train_pairs, self.datasets["val"].pairs)
         if message:
-            log.warning(message)
+            log_once(log, logging.WARNING, message)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

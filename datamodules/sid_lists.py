@@ -6,6 +6,7 @@ and its test loader ended up with training ground truths.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 from darkraw.errors import DataError
+from darkraw.log_once import log_once
+
+log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
 PairSource = Literal["lists", "authors"]
@@ -240,6 +244,16 @@ def pairs_from_authors(root: str | Path) -> dict[Split, list[SIDPair]]:
             candidates = first
         pair = _make_pair(path, candidates[0][0], root, str(path))
         by_split[name.split].append(pair)
+    paired = {pair.scene for pairs in by_split.values() for pair in pairs}
+    left_out = sorted(set(longs) - paired)
+    if left_out:
+        # A normal SID download has this shot for every scene: an incomplete one may not.
+        log_once(
+            log, logging.WARNING,
+            "%d scene(s) with a ground truth have no first shot at %gs (e.g. %s in %s): they are "
+            "not in the 'authors' subset; check the download if that is unexpected",
+            len(left_out), AUTHORS_EXPOSURE, left_out[0], root / "Sony" / "short",
+        )
     by_split["train"] = sorted(by_split["train"] + by_split["val"], key=lambda p: p.short_relpath)
     for split in SPLITS:
         if not by_split[split]:

@@ -18,6 +18,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_once() -> None:
+    """Each test sees the once-per-process data lines as a fresh process would."""
+    from darkraw import log_once
+
+    log_once._said.clear()
+
+
 @pytest.fixture(scope="session")
 def synthetic_sid(tmp_path_factory: pytest.TempPathFactory):
     """A tiny synthetic SID-style set (real DNG files), generated once per test session."""

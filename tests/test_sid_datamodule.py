@@ -281,3 +281,5 @@ def test_authors_subset_warns_that_validation_scenes_are_trained_on(
     (record,) = caplog.records
     assert f"{len(val_scenes)} of the validation scenes are also training scenes" in record.message
     assert "test_after_fit=true" in record.message
+    authors.setup("fit")  # set up again, as Lightning does after the pre-flight check
+    assert len(caplog.records) == 1  # said once per process, not per setup

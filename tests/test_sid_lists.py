@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,13 @@ def test_list_files(tmp_path: Path) -> None:
     assert load_pairs(root, "lists") == pairs
 
 
-def test_authors_subset_pairs_by_scene(tmp_path: Path) -> None:
+def test_authors_subset_pairs_by_scene(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = make_tree(tmp_path)
-    pairs = pairs_from_authors(root)
+    with caplog.at_level(logging.WARNING, logger="datamodules.sid_lists"):
+        pairs = pairs_from_authors(root)
+    # Scene 00004 has a ground truth but no 0.1 s first shot: left out, and said so.
+    (record,) = caplog.records
+    assert "1 scene(s) with a ground truth have no first shot at 0.1s (e.g. 00004" in record.message
     names = {split: [p.name for p in pairs[split]] for split in pairs}
     assert names == {
         "train": ["00001_00_0.1s", "00002_00_0.1s", "20001_00_0.1s"],  # train + val scenes
