@@ -417,7 +417,8 @@ class SIDDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=workers,
-            pin_memory=self.pin_memory,
+            # Pinned memory only speeds up copies to a GPU; without one PyTorch warns each run.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
             worker_init_fn=_worker_init if workers > 0 else None,
         )

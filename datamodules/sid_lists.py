@@ -117,8 +117,9 @@ def check_layout(root: str | Path) -> Path:
     """The root, after checking that SID's two image folders are where they should be."""
     root = Path(root)
     if not root.is_dir():
-        raise SIDLayoutError(f"SID dataset root {root} does not exist or is not a folder; "
-                             f"{EXPECTED_LAYOUT}")
+        raise SIDLayoutError(f"SID dataset root {root} does not exist or is not a folder: set "
+                             "data.root=<SID folder> (or paths.sid_root in "
+                             f"conf/local/default.yaml); {EXPECTED_LAYOUT}")
     for sub in ("short", "long"):
         folder = root / "Sony" / sub
         if not folder.is_dir():

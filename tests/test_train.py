@@ -166,6 +166,7 @@ def test_missing_sid_root_names_the_path_and_the_layout(tmp_path: Path) -> None:
                            check=False, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert str(missing) in proc.stderr and "Sony" in proc.stderr
+    assert "set data.root=<SID folder> (or paths.sid_root" in proc.stderr  # what to do
     assert "Traceback" not in proc.stderr
 
 
