@@ -33,9 +33,11 @@ def only_run_dir(tmp_path: Path) -> Path:
 
 def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: Path,
                                                                   tmp_path: Path) -> None:
-    proc = run_entry_point("train.py", *FAST_TRAIN, *data_overrides(synthetic_sid, tmp_path))
+    proc = run_entry_point("train.py", *FAST_TRAIN, "data.progress=false",
+                           "data.cache_workers=1", *data_overrides(synthetic_sid, tmp_path))
     run_dir = only_run_dir(tmp_path)
     assert "preflight" not in run_dir.name  # override-named folder, noise keys excluded
+    assert "progress" not in run_dir.name and "workers" not in run_dir.name
     last = run_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
