@@ -361,7 +361,7 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def quiet_false_alarms() -> None:
+def quiet_library_noise() -> None:
     """Lightning warns when an epoch has fewer batches than ``trainer.log_every_n_steps``, as if
     step metrics would then go unlogged. They do not: it counts steps across epochs, so the
     quickstart (16 synthetic pairs, batch 4: 4 batches an epoch) logs every 10 steps as asked.
@@ -403,7 +403,7 @@ class _DropLightningTips(logging.Filter):
 
 def train(cfg: DictConfig) -> RunSummary:
     started = time.time()
-    quiet_false_alarms()
+    quiet_library_noise()
     route_lightning_logs_through_hydra()
     output_dir = Path(cfg.paths.output_dir)
     check_trainer_config(cfg.trainer)
@@ -445,7 +445,8 @@ def train(cfg: DictConfig) -> RunSummary:
         log_resolved_config(loggers, cfg)
         if ckpt_path:
             log.info("Resuming from %s", ckpt_path)
-            # Of course it is not: it holds the checkpoint this run continues from.
+            # Lightning warns that the folder is not empty: it holds the checkpoint this
+            # run continues from, as it should.
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not "
                                     "empty")
         try:

@@ -213,11 +213,11 @@ def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
     from lightning.pytorch.utilities import rank_zero_warn
     from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-    from darkraw.training import quiet_false_alarms
+    from darkraw.training import quiet_library_noise
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        quiet_false_alarms()
+        quiet_library_noise()
         # Lightning 2.6's wording (loops/fit_loop.py), for the quickstart's 4 batches an epoch.
         rank_zero_warn("The number of training batches (4) is smaller than the logging interval"
                        " Trainer(log_every_n_steps=10). Set a lower value for log_every_n_steps if"
