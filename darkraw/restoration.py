@@ -129,7 +129,7 @@ def gains_and_labels(packed: np.ndarray, setting: str | float,
     setting = check_amplification(setting)
     if not isinstance(setting, str):
         return [(setting, f"x{format_number(setting)}")]
-    return [(amplification_for(packed, setting, m), f"m{format_number(m)}") for m in m_values]
+    return [(estimated_amplification(packed, m=m), f"m{format_number(m)}") for m in m_values]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PACKED_MULTIPLE) -> torch.Tensor:

@@ -530,8 +530,10 @@ def _generate(
     root: Path, scenes: Sequence[Scene], params: dict[str, Any], *, seed: int, height: int,
     width: int, long_exposure: float, noise: dict[str, float], progress: bool,
 ) -> None:
-    """Remove, write, then mark: the marker comes last, so only a finished set ever counts."""
-    _check_ours(root)
+    """Remove, write, then mark: the marker comes last, so only a finished set ever counts.
+
+    The caller has checked that ``root`` holds nothing the generator did not write.
+    """
     root.mkdir(parents=True, exist_ok=True)
     (root / OWNER_NAME).write_text("written by darkraw's synthetic SID generator\n")
     _remove_stale(root)
