@@ -130,7 +130,9 @@ class RestorationModule(L.LightningModule):
             setattr(self, f"{stage}_ssim", StructuralSimilarityIndexMeasure(data_range=1.0))
             setattr(self, f"{stage}_psnr_input",
                     PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)))
-            setattr(self, f"{stage}_loss", MeanMetric())
+            # "disable": a NaN image loss makes the mean NaN (the default drops it with a warning,
+            # which would hide a broken network behind the other images' average).
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
 
     def configure_model(self) -> None:
         # In place, so checkpoint keys keep their names (no "_orig_mod." prefix).

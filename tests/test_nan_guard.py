@@ -9,7 +9,9 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.plugins import MixedPrecision
+from omegaconf import OmegaConf
 
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.nan_guard import NanGuard
@@ -23,6 +25,7 @@ from tests.health_helpers import (
     synthetic_datamodule,
     tiny_trainer,
 )
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,3 +121,33 @@ def test_nan_weights_are_never_checkpointed(synthetic_sid: Path, cache_dir: Path
     assert saved["global_step"] == 2  # the last good one stays
     assert all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values()
                if t.is_floating_point())
+
+
+class PoisonValidation(L.Callback):
+    """A NaN in every validation input of the validations run after the given optimiser steps."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.global_step in self.steps:
+            batch["input"][:, :, 0, 0] = math.nan
+
+
+def test_a_nan_validation_never_becomes_the_best_checkpoint(synthetic_sid: Path, cache_dir: Path,
+                                                            tmp_path: Path) -> None:
+    cfg = OmegaConf.load(REPO / "conf" / "callbacks" / "model_checkpoint.yaml").model_checkpoint
+    cfg.dirpath = str(tmp_path / "checkpoints")
+    best = instantiate(cfg)  # conf/callbacks/model_checkpoint.yaml as train.py builds it
+    trainer = tiny_trainer(tmp_path, [PoisonValidation({2, 6}), best], max_steps=6, val_every=2,
+                           enable_checkpointing=True)
+    with pytest.warns(UserWarning, match=r"val/psnr=nan at step 2: not saved .*none yet"):
+        trainer.fit(restoration_module(), synthetic_datamodule(synthetic_sid, cache_dir))
+    psnr = logged(tmp_path, "val/psnr")
+    assert math.isnan(psnr[1]) and math.isnan(psnr[5]) and math.isfinite(psnr[3])
+    assert math.isnan(logged(tmp_path, "val/loss")[1])  # not averaged away
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == [f"best-step0000004-psnr{psnr[3]:.2f}.ckpt"]  # step 6's NaN did not replace it
+    assert best.best_model_path.endswith(files[0])
+    assert math.isfinite(float(best.best_model_score))
