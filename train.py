@@ -11,6 +11,7 @@ outputs/<experiment>/runs/<overrides>/ so relaunching a killed run resumes it.
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -47,7 +48,12 @@ def main(cfg: DictConfig) -> float:
             log.exception("job failed with an unexpected error")
             return failed_job_result(error)
         raise
-    except BaseException as error:  # Ctrl-C (Lightning turns it into SystemExit), sys.exit
+    except KeyboardInterrupt as error:  # Ctrl-C outside trainer.fit: data, cache, pre-flight
+        status.interrupted(error)
+        print("\ndarkraw: interrupted (Ctrl-C) before training; the same command continues "
+              "(a half-built cache is completed, finished entries are kept)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BaseException as error:  # Ctrl-C in fit (Lightning turns it into SystemExit), exit
         status.interrupted(error)
         raise
     status.completed(summary)

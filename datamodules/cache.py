@@ -420,20 +420,56 @@ def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists") ->
 # --------------------------------------------------------------------------- building the cache
 
 
+class CacheBuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a build, with what was kept; still a KeyboardInterrupt for its callers."""
+
+
+def _lock_holder(handle: Any) -> str:
+    """Who holds the build lock, as its holder wrote it (pid, host, start time); '' if unknown."""
+    try:
+        handle.seek(0)
+        holder = json.loads(handle.read() or "{}")
+        started = time.strftime("%H:%M:%S", time.localtime(float(holder["started"])))
+        return f"pid {holder['pid']} on {holder['host']}, since {started}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 @contextlib.contextmanager
 def _build_lock(cache_dir: Path) -> Iterator[None]:
-    """Serialise concurrent builders (e.g. sweep jobs sharing a cache); best effort on NFS."""
+    """Serialise concurrent builders (e.g. sweep jobs sharing a cache); best effort on NFS.
+
+    A builder that has to wait says so, and for whom: a silent wait on a lock held by another
+    job (or a stuck one on another node) looks exactly like a hang.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Windows
         yield
         return
-    handle = open(cache_dir / LOCK_NAME, "a")  # noqa: SIM115 - held for the whole build
+    path = cache_dir / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole build
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(handle)
+                log.warning(
+                    "another process is building the darkraw cache in %s (%s); waiting for it "
+                    "to finish (its entries are reused). If no such process is alive, delete %s.",
+                    cache_dir, holder or "holder unknown", path,
+                )
+                waited = time.monotonic()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                log.info("cache lock acquired after %.0f s", time.monotonic() - waited)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.time()}))
+            handle.flush()
         except OSError:
-            log.warning("could not lock %s; building without a lock", cache_dir / LOCK_NAME)
+            log.warning("could not lock %s; building without a lock", path)
         yield
     finally:
         handle.close()
@@ -618,6 +654,14 @@ def _run_jobs(
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
+    except KeyboardInterrupt as interrupt:
+        # Entries are written atomically (array, then metadata), so the finished ones are valid
+        # and the rest are rebuilt by the next build; say so instead of a bare traceback.
+        message = (f"cache build interrupted: {len(done)} of {len(jobs)} pending entries were "
+                   "finished and are kept (with any a worker completed meanwhile); the same "
+                   "command builds the rest")
+        log.warning(message)
+        raise CacheBuildInterrupted(message) from interrupt
     finally:
         bar.close()
     return done, failed
@@ -707,6 +751,12 @@ def main(argv: list[str] | None = None) -> int:
     except DarkrawError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except CacheBuildInterrupted:  # what was kept is already logged
+        return 130  # 128 + SIGINT, as a shell reports Ctrl-C
+    except KeyboardInterrupt:
+        print("\ncache build interrupted; entries already written are kept and the same "
+              "command completes the cache", file=sys.stderr)
+        return 130
     counts = ", ".join(f"{split} {len(pairs)}" for split, pairs in index.splits.items())
     print(
         f"cache ready in {index.cache_dir} ({args.pairs} pairs: {counts}) "

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import pytest
 from darkraw.errors import ConfigError
 from datamodules.amplification import estimated_amplification
 from datamodules.cache import (
+    LOCK_NAME,
     MANIFEST_NAME,
     CacheError,
     _pending_work,
@@ -21,6 +28,7 @@ from datamodules.cache import (
     open_cache,
 )
 from datamodules.raw import normalise, pack_bayer, read_raw, render_target
+from tests.helpers import REPO, subprocess_env
 
 BLACK, WHITE = 512, 16383
 TRAIN, VAL, TEST = ("00001", "00002", "00003"), ("20001",), ("10001",)
@@ -239,3 +247,85 @@ def test_worker_count() -> None:
     assert 1 <= _worker_count(None, 1000, big) <= (os.cpu_count() or 1)
     with pytest.raises(ConfigError, match=r"cache_workers\) must be at least 1, got 0"):
         _worker_count(0, 10, small)
+
+
+def _cache_command(tree: Path, cache: Path) -> subprocess.Popen[str]:
+    """``python -m datamodules.cache`` in its own process, Ctrl-C-able (SIGINT not ignored)."""
+    command = [sys.executable, "-m", "datamodules.cache", "--root", str(tree), "--cache-dir",
+               str(cache), "--workers", "1", "--no-progress"]
+    return subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_keeps_finished_entries_and_says_so(tmp_path: Path) -> None:
+    tree = write_sid_tree(tmp_path / "sid", train=tuple(f"{i:05d}" for i in range(1, 13)),
+                          height=256, width=384)
+    cache = tmp_path / "cache"
+    process = _cache_command(tree, cache)
+    deadline = time.monotonic() + 120
+    while not (entries_dir(cache).exists() and any(entries_dir(cache).rglob("*.json"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)  # like Ctrl-C, right after the first entry
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    match = re.search(r"cache build interrupted: (\d+) of 28 pending entries were finished", err)
+    assert match, err
+    kept = len(list(entries_dir(cache).rglob("*.json")))
+    assert 1 <= int(match.group(1)) == kept < 28  # one process: the count is exact
+
+    process = _cache_command(tree, cache)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert f"caching {28 - kept} of 28 files" in err and "cache ready" in out
+    assert len(open_cache(tree, cache, "lists").splits["train"]) == 12
+
+
+def test_a_second_builder_says_whom_it_waits_for(tree: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / LOCK_NAME, "a+") as lock:  # this process is "the other builder"
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(json.dumps({"pid": os.getpid(), "host": "node7", "started": time.time()}))
+        lock.flush()
+        process = _cache_command(tree, cache)
+        assert process.stderr is not None
+        ready, _, _ = select.select([process.stderr], [], [], 60)
+        assert ready, "the waiting builder said nothing for 60 s"
+        line = process.stderr.readline()
+        assert "another process is building the darkraw cache" in line
+        assert f"pid {os.getpid()} on node7" in line and str(cache / LOCK_NAME) in line
+        time.sleep(0.5)
+        assert process.poll() is None and not (cache / MANIFEST_NAME).exists()  # still waiting
+    out, err = process.communicate(timeout=120)  # lock released: it builds
+    assert process.returncode == 0, err
+    assert "cache lock acquired" in err and "cache ready" in out
+    holder = json.loads((cache / LOCK_NAME).read_text())
+    assert holder["pid"] == process.pid
+
+
+def test_ctrl_c_in_train_py_during_the_cache_build(tmp_path: Path) -> None:
+    tree = write_sid_tree(tmp_path / "sid", train=tuple(f"{i:05d}" for i in range(1, 13)),
+                          height=256, width=384)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    command = [sys.executable, "train.py", "data=sid", f"paths.sid_root={tree}",
+               f"paths.sid_cache_dir={cache}", "data.cache_workers=1", "data.progress=false",
+               f"hydra.run.dir={run}", "logger=csv"]
+    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not (entries_dir(cache).exists() and any(entries_dir(cache).rglob("*.json"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "Traceback" not in out + err
+    assert "darkraw: interrupted (Ctrl-C) before training" in err
+    assert re.search(r"cache build interrupted: \d+ of 28 pending entries", out + err)
+    assert json.loads((run / "job_status.json").read_text())["status"] == "interrupted"
