@@ -320,3 +320,39 @@ def test_named_sweep_is_found_from_any_directory(tmp_path: Path) -> None:
     proc = run_entry_point("train.py", "+sweep=rdb", "--cfg", "hydra", cwd=tmp_path, timeout=120)
     assert "model.rdb: after,before" in proc.stdout
     assert "mode: MULTIRUN" in proc.stdout
+
+
+@pytest.mark.slow
+def test_rerun_optuna_sweep_continues_its_study(synthetic_sid: Path, cache_dir: Path,
+                                                tmp_path: Path) -> None:
+    """The same command again keeps finished trials and reruns the one a kill left RUNNING."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    sweep = tmp_path / "sweep"
+    command = ["+sweep=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+               "optimizer.lr=choice(0.0005,0.0003)", "loss.ms_ssim_weight=0.2",
+               f"hydra.sweep.dir={sweep}",
+               *fast(synthetic_sid, cache_dir, tmp_path, "trainer.max_steps=2")]
+    run_entry_point("train.py", *command, "hydra.sweeper.n_trials=1", timeout=400)
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    study = optuna.load_study(study_name="darkraw_lr_loss", storage=storage)
+    (first,) = study.trials
+    assert first.state == TrialState.COMPLETE
+    # What a sweep killed during its second trial leaves: that trial RUNNING, never told.
+    other = 0.0003 if first.params["optimizer.lr"] == 0.0005 else 0.0005
+    study.enqueue_trial({"optimizer.lr": other})
+    study.ask({"optimizer.lr": CategoricalDistribution((0.0005, 0.0003))})
+
+    proc = run_entry_point("train.py", *command, "hydra.sweeper.n_trials=2", timeout=400)
+    assert "1 of 2 trials finished, 1 interrupted one(s) asked again first" in proc.stderr + \
+        proc.stdout
+    states = [(t.state, t.params["optimizer.lr"]) for t in
+              optuna.load_study(study_name="darkraw_lr_loss", storage=storage).trials]
+    assert states == [(TrialState.COMPLETE, first.params["optimizer.lr"]),
+                      (TrialState.FAIL, other), (TrialState.COMPLETE, other)]  # 1 new trial only
+    lrs = sorted(dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]
+                 for j in job_dirs(sweep))
+    assert lrs == ["0.0003", "0.0005"]  # the rerun trial used the interrupted one's folder
+    assert OmegaConf.load(sweep / "optimization_results.yaml").name == "optuna"

@@ -1,0 +1,68 @@
+"""Hydra's Optuna sweeper, made to continue a study when its command is run again.
+
+hydra-optuna-sweeper 1.3 keeps the study in memory unless ``storage`` is set, and even with a
+storage a rerun asks ``n_trials`` *more* trials, while the trial that was running when the sweep
+was killed stays RUNNING for ever and its parameters are never tried again. A search killed after
+15 of 20 trials (each possibly hours of GPU time) therefore restarted from scratch.
+
+The sweeper class is ``hydra_plugins.darkraw_sweepers.ResumableOptunaSweeper`` (Hydra accepts
+plugins from that package only); what it does is here. With ``hydra.sweeper.storage: null``,
+the study lives in ``<sweep folder>/optuna.db`` (SQLite), and a rerun with the same
+``hydra.sweep.dir`` (the ``Command:`` line of ``python -m sweeps.compare``):
+
+- keeps every finished trial (TPE learns from them) and runs only the ``n_trials`` still missing;
+- marks a trial left RUNNING by the killed launch as FAIL and asks its parameters again first:
+  the same parameters make the same override string, so the same job folder, and train.py's
+  ``resume=auto`` continues that job from its last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "optuna.db"
+
+
+def quiet_optuna() -> None:
+    """Silence two notices that say nothing to a darkraw user: SQLAlchemy 1.4's warning about
+    optuna 2.10's models (pinned below 2 for that reason) and "enqueue_trial is experimental"."""
+    warnings.filterwarnings("ignore", message=r"Deprecated API features detected")
+    warnings.filterwarnings("ignore", message=r"enqueue_trial is experimental")
+    warnings.filterwarnings("ignore", message=r"(create|add)_trial is experimental")
+
+
+def sweep_folder_storage(sweep_dir: str | Path) -> str:
+    """The SQLite URL of ``<sweep_dir>/optuna.db`` (the folder is created: SQLite needs it)."""
+    folder = Path(sweep_dir).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / DB_NAME}"
+
+
+def continue_study(study: optuna.Study, n_trials: int) -> tuple[int, int]:
+    """Re-queue the interrupted trials of ``study``; return (trials still to run, finished)."""
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    finished = [t for t in study.trials if t.state in done]
+    interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
+    for trial in interrupted:
+        # optuna 2.10 has no public way to close another process's trial; the storage call is
+        # what Study.tell uses underneath.
+        study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params))
+    remaining = max(0, n_trials - len(finished))
+    if finished or interrupted:
+        log.info(
+            "continuing Optuna study %r: %d of %d trials finished, %d interrupted one(s) asked "
+            "again first (their job folders resume), %d to run",
+            study.study_name, len(finished), n_trials, len(interrupted), remaining,
+        )
+    return remaining, len(finished)
