@@ -42,7 +42,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from darkraw.plots import read_metrics
-from sweeps.job_status import COMPLETED, FAILED, INTERRUPTED, RUNNING, read_status
+from sweeps.job_status import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RUNNING,
+    read_status,
+    wall_seconds_so_far,
+)
 from sweeps.wandb_offline import find_run_dirs, read_run_record
 
 #: Status names in the table besides those of job_status.json.
@@ -219,7 +226,7 @@ def job_values(job: Job, status: dict[str, Any] | None, metrics_csv: Path) -> di
     values["steps"] = int(steps) if steps is not None else nan
     wall = (status or {}).get("wall_seconds")
     if wall is None and status and status.get("segments"):
-        wall = unfinished_wall_seconds(status, metrics_csv)
+        wall = wall_seconds_so_far(status, metrics_csv.parent.parent)  # the job folder
     if wall is None and metrics_csv.is_file() and job.job_dir is not None:
         # No status file: from the job folder's first file (Hydra's config) to the last metrics.
         config = job.job_dir / ".hydra" / "config.yaml"
@@ -231,24 +238,6 @@ def job_values(job: Job, status: dict[str, Any] | None, metrics_csv: Path) -> di
         points = [v for _, v in job.series.get(key, [])]
         values[column] = statistics.median(points) if points else nan
     return values
-
-
-def unfinished_wall_seconds(status: dict[str, Any], metrics_csv: Path) -> float | None:
-    """Wall time of a job whose last segment has not recorded its end (running or killed).
-
-    job_status.json adds up the segments only when one ends; until then: the earlier segments'
-    total plus the current one up to its last metrics write (``.hydra/config.yaml`` would not
-    do: Hydra rewrites it at every relaunch).
-    """
-    segments = [s for s in status["segments"] if isinstance(s, dict)]
-    if not segments:
-        return None
-    earlier = [s.get("wall_seconds") for s in segments[:-1]]
-    total = sum(float(w) for w in earlier if isinstance(w, int | float))
-    started = segments[-1].get("started")
-    if isinstance(started, int | float) and metrics_csv.is_file():
-        total += max(0.0, metrics_csv.stat().st_mtime - float(started))
-    return total
 
 
 @dataclass

@@ -148,6 +148,18 @@ def earlier_segments(record: Mapping[str, Any], output_dir: str | Path) -> list[
     return segments
 
 
+def wall_seconds_so_far(record: Mapping[str, Any], output_dir: str | Path) -> float | None:
+    """Wall time of a job whose last segment has not recorded its end (running or killed).
+
+    ``wall_seconds`` is only summed when a segment ends; until then: the finished segments plus
+    the current one up to its last metrics write (``.hydra/config.yaml`` would not do: Hydra
+    rewrites it at every relaunch). None without segments.
+    """
+    segments = earlier_segments(record, output_dir) if record.get("segments") else []
+    walls = [_number(s.get("wall_seconds")) for s in segments]
+    return sum(w for w in walls if w is not None) if segments else None
+
+
 def _starts_over(overrides: Iterable[str]) -> bool:
     """``resume=false`` on the command line: training starts from scratch, so does the record."""
     for item in overrides:
