@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 #: Longest folder name made from overrides, in bytes. File systems allow 255; longer names made
 #: Hydra's mkdir fail with "File name too long", killing the job (and a whole sweep) before
@@ -27,9 +28,47 @@ def run_dirname(override_dirname: str) -> str:
     return cleaned or "default"
 
 
+def _swept_overrides(root: DictConfig) -> list[Any]:
+    """The sweep's overrides: the command line's task overrides and the sweeper's ``params``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [str(o) for o in OmegaConf.select(root, "hydra.overrides.task", default=None) or []]
+    params = OmegaConf.select(root, "hydra.sweeper.params", default=None) or {}
+    lines += [f"{key}={value}" for key, value in params.items()]
+    return [o for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()]
+
+
+def unswept(key: str, value: Any, launcher: str, *, _root_: DictConfig) -> Any:
+    """``value`` (the config's ``key``), refused when the sweep varies ``key``.
+
+    conf/hydra/launcher/{slurm,local}.yaml take the GPUs (and SLURM's tasks and nodes) they ask
+    for from trainer.devices and trainer.num_nodes, and Hydra configures the launcher once per
+    sweep, from the base config: with ``trainer.devices=2,4`` every job would get the same
+    GPUs, and the ones asking for another count would fail (on a cluster, after queueing).
+    """
+    from darkraw.cli import exit_with_user_error
+    from darkraw.errors import ConfigError
+
+    for override in _swept_overrides(_root_):
+        if override.key_or_group != key:
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_discrete_sweep() else []
+        split = (" and ".join(f"`-m ... {key}={v}`" for v in values) if values
+                 else f"`-m ... {key}=<one value>` per value")
+        # Exits rather than raises: OmegaConf would wrap the error in a resolution traceback.
+        exit_with_user_error(ConfigError(
+            f"{override.input_line}: {key} cannot be swept with hydra/launcher={launcher} (it "
+            "asks for the GPUs, tasks and nodes once for the whole sweep). Launch one sweep per "
+            f"value: {split}."
+        ))
+    return value
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("darkraw.dirname"):
         OmegaConf.register_new_resolver("darkraw.dirname", run_dirname)
+    if not OmegaConf.has_resolver("darkraw.unswept"):
+        OmegaConf.register_new_resolver("darkraw.unswept", unswept)
 
 
 register_resolvers()

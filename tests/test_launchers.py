@@ -169,3 +169,19 @@ def test_local_launcher_runs_a_two_job_sweep(synthetic_sid: Path, tmp_path: Path
     # submitit ran each job as its own process, with its own logs.
     logs = list((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2
+
+
+@pytest.mark.parametrize(("launcher", "sweep"), [("slurm", "trainer.devices=2,4"),
+                                                ("slurm", "trainer.num_nodes=range(1,3)"),
+                                                ("local", "trainer.devices=2,4")])
+def test_sweeping_the_gpu_request_is_refused_before_launching(tmp_path: Path, launcher: str,
+                                                              sweep: str) -> None:
+    """The launcher is configured once per sweep: every job would get the same GPUs."""
+    proc = run_entry_point("train.py", "-m", f"hydra/launcher={launcher}", "trainer=ddp", sweep,
+                           "model.rdb=after,before", f"paths.root_dir={tmp_path}", check=False,
+                           timeout=120)
+    key = sweep.split("=")[0]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (f"darkraw: error: {sweep}: {key} cannot be swept with hydra/launcher={launcher}"
+            in proc.stderr)
+    assert f"`-m ... {key}=2`" in proc.stderr and "Traceback" not in proc.stderr
