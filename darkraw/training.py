@@ -267,22 +267,27 @@ def build_plugins(cfg: DictConfig) -> list[Any]:
 
 
 def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path) -> SystemExit:
-    """SIGTERM'd fit: say where it stopped and how to resume; exit 143 (128 + SIGTERM).
+    """SIGTERM'd (or Ctrl-C'd) fit: say where it stopped and how to resume; exit 143 (128 +
+    SIGTERM), or 130 (128 + SIGINT).
 
     Lightning 2.6.6 turns SIGTERM into ``SIGTERMException``, a ``SystemExit`` with no code: the
     process would exit 0, as if training had finished. Under ``-m`` this ends the whole sweep,
     as a terminated process should; each finished or saved job resumes on relaunch.
     """
-    saved = [cb.saved_step for cb in trainer.callbacks
-             if isinstance(cb, LastCheckpoint) and cb.saved_step is not None]
+    last_callbacks = [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
+    saved = [cb.saved_step for cb in last_callbacks if cb.saved_step is not None]
+    # A first Ctrl-C takes the same path (callbacks/last_checkpoint.py); it exits 130.
+    ctrl_c = any(cb.ctrl_c_step is not None for cb in last_callbacks)
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         where = f"no {last} to resume from: a relaunch starts over"
     else:
         where = f"resume point {last}" + (f" at step {saved[0]}" if saved else "")
-    print(f"darkraw: stopped by SIGTERM at step {trainer.global_step}; {where}. Relaunch the "
-          "same command to resume (resume=auto).", file=sys.stderr, flush=True)
-    return SystemExit(143)
+    if trainer.is_global_zero:
+        print(f"darkraw: stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step "
+              f"{trainer.global_step}; {where}. Relaunch the same command to resume "
+              "(resume=auto).", file=sys.stderr, flush=True)
+    return SystemExit(130 if ctrl_c else 143)
 
 
 def finish_wandb() -> None:

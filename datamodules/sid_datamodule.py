@@ -7,6 +7,7 @@ unmaps them, so worker memory stays at a few patches whatever the size of the da
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +194,12 @@ class SIDDataset(Dataset):
 
 
 def _worker_init(_worker_id: int) -> None:
-    """One intra-op thread per worker: workers already run in parallel."""
+    """One intra-op thread per worker: workers already run in parallel. Ctrl-C is the main
+    process's: a terminal sends it to the workers too, which would end them under a training
+    loop that is finishing its step to save a checkpoint (callbacks/last_checkpoint.py). The
+    main process stops them itself when it ends."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- selection

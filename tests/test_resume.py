@@ -7,6 +7,8 @@ SIGTERMed as soon as their ``last.ckpt`` holds a new step, and relaunched.
 from __future__ import annotations
 
 import csv
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,3 +144,45 @@ def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_
     resumed = run_entry_point("train.py", *args, "resume=true")
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + resumed.stderr
     assert_same_as_reference(folder, reference)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(synthetic_sid: Path, cache_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """A first Ctrl-C saves last.ckpt at the step it stopped at (not the last periodic save)."""
+    args = [*command(synthetic_sid, cache_dir, tmp_path), "preflight.enabled=false",
+            "trainer.max_steps=60", "trainer.val_check_interval=1000",
+            "callbacks.last_checkpoint.every_n_train_steps=3",
+            # A worker process too: a terminal's Ctrl-C reaches it as well.
+            "data.num_workers=1", "data.persistent_workers=true"]
+    out, err = tmp_path / "sigint.stdout", tmp_path / "sigint.stderr"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                                env=subprocess_env(), stdout=stdout, stderr=stderr,
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    try:
+        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr_text = err.read_text()
+    assert proc.returncode == 130, stderr_text[-3000:]
+    match = re.search(r"darkraw: stopped by Ctrl-C at step (\d+); resume point (\S+) at step "
+                      r"(\d+)\.", stderr_text)
+    assert match, stderr_text[-3000:]
+    assert "Traceback" not in stderr_text and "exited unexpectedly" not in stderr_text
+    stopped_at = int(match.group(1))
+    last = Path(match.group(2))
+    assert int(match.group(3)) == stopped_at == load(last)["global_step"] < 60
+
+    resumed = run_entry_point("train.py", *args)  # the same command continues
+    assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + \
+        resumed.stderr
+    assert load(last)["global_step"] == 60
