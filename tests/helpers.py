@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,17 @@ def run_entry_point(script: str, *args: str, cwd: Path = REPO, timeout: float = 
             f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def popen_ctrl_c_able(command: list[str], **kwargs: object) -> subprocess.Popen[str]:
+    """``command`` from the repository, with SIGINT acting as Ctrl-C in it.
+
+    A child inherits an *ignored* SIGINT (e.g. under a shell's background job), and Python then
+    never raises KeyboardInterrupt: the Ctrl-C tests would test nothing.
+    """
+    return subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **kwargs)  # type: ignore[call-overload]
 
 
 # Overrides that make a real train.py run take seconds on 2 CPU cores.

@@ -28,7 +28,7 @@ from datamodules.cache import (
     open_cache,
 )
 from datamodules.raw import normalise, pack_bayer, read_raw, render_target
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import popen_ctrl_c_able
 
 BLACK, WHITE = 512, 16383
 TRAIN, VAL, TEST = ("00001", "00002", "00003"), ("20001",), ("10001",)
@@ -253,9 +253,16 @@ def _cache_command(tree: Path, cache: Path) -> subprocess.Popen[str]:
     """``python -m datamodules.cache`` in its own process, Ctrl-C-able (SIGINT not ignored)."""
     command = [sys.executable, "-m", "datamodules.cache", "--root", str(tree), "--cache-dir",
                str(cache), "--workers", "1", "--no-progress"]
-    return subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return popen_ctrl_c_able(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _interrupt_after_the_first_entry(process: subprocess.Popen[str], cache: Path) -> None:
+    """SIGINT (like Ctrl-C) as soon as the build has written one complete entry."""
+    deadline = time.monotonic() + 120
+    while not (entries_dir(cache).exists() and any(entries_dir(cache).rglob("*.json"))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
 
 
 def test_ctrl_c_keeps_finished_entries_and_says_so(tmp_path: Path) -> None:
@@ -263,11 +270,7 @@ def test_ctrl_c_keeps_finished_entries_and_says_so(tmp_path: Path) -> None:
                           height=256, width=384)
     cache = tmp_path / "cache"
     process = _cache_command(tree, cache)
-    deadline = time.monotonic() + 120
-    while not (entries_dir(cache).exists() and any(entries_dir(cache).rglob("*.json"))):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.001)
-    process.send_signal(signal.SIGINT)  # like Ctrl-C, right after the first entry
+    _interrupt_after_the_first_entry(process, cache)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err
@@ -315,14 +318,8 @@ def test_ctrl_c_in_train_py_during_the_cache_build(tmp_path: Path) -> None:
     command = [sys.executable, "train.py", "data=sid", f"paths.sid_root={tree}",
                f"paths.sid_cache_dir={cache}", "data.cache_workers=1", "data.progress=false",
                f"hydra.run.dir={run}", "logger=csv"]
-    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not (entries_dir(cache).exists() and any(entries_dir(cache).rglob("*.json"))):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.001)
-    process.send_signal(signal.SIGINT)
+    process = popen_ctrl_c_able(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _interrupt_after_the_first_entry(process, cache)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, out + err
     assert "Traceback" not in out + err

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import FAST_TRAIN, REPO, fixture_data_overrides, run_entry_point, subprocess_env
+from tests.helpers import (
+    FAST_TRAIN,
+    REPO,
+    fixture_data_overrides,
+    popen_ctrl_c_able,
+    run_entry_point,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -157,10 +164,8 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(synthetic_sid: Path, cache_d
     out, err = tmp_path / "sigint.stdout", tmp_path / "sigint.stderr"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
-        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
-                                env=subprocess_env(), stdout=stdout, stderr=stderr,
-                                start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        proc = popen_ctrl_c_able([sys.executable, str(REPO / "train.py"), *args],
+                                 stdout=stdout, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
         while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
