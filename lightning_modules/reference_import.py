@@ -1,7 +1,7 @@
 """Import the authors' published checkpoint into darkraw's network, and export back to it.
 
-The authors' file is a ``torch.save``\\ d ``{"model": state_dict}`` of 63 tensors (listed in
-``shared/spec/reference_checkpoint_keys.tsv``) with old-style weight norm: ``weight_g`` and
+The authors' file is a ``torch.save``\\ d ``{"model": state_dict}`` of 63 tensors (``--list-keys``
+prints them) with old-style weight norm: ``weight_g`` and
 ``weight_v`` per conv. darkraw names its modules after what they do and uses the parametrization
 form of weight norm, so every name is mapped explicitly below; both weight-norm forms compute
 ``g * v / ||v||`` with the norm over all but dim 0, so the tensors carry over unchanged.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,6 +71,12 @@ TENSOR_MAP: tuple[tuple[str, str], ...] = (
     ("bias", "bias"),
     ("weight_g", "parametrizations.weight.original0"),
     ("weight_v", "parametrizations.weight.original1"),
+)
+
+
+WHAT_TO_GIVE = (
+    "give the authors' published checkpoint of the real-time low-light network (Lamba & Mitra, "
+    "CVPR 2021), downloaded by yourself (darkraw does not ship it), complete and unmodified"
 )
 
 
@@ -156,8 +161,8 @@ def _problem_report(missing: list[str], unexpected: list[str], wrong: list[str],
         parts.append(f"{len(wrong)} tensor(s) of the wrong shape or type:\n{_list(wrong)}")
     parts.append(
         "Give the authors' published checkpoint of the real-time network (Lamba & Mitra, CVPR "
-        "2021) unchanged; its tensor names and shapes are listed in "
-        "shared/spec/reference_checkpoint_keys.tsv."
+        "2021) unchanged; `python -m lightning_modules.reference_import --list-keys` lists the "
+        "tensor names and shapes it must hold."
     )
     return "\n".join(parts)
 
@@ -188,6 +193,19 @@ def to_reference_state_dict(net: DarkRestorationNet) -> dict[str, torch.Tensor]:
     return {ref: ours[our].detach().cpu().clone() for ref, our in key_map(net).items()}
 
 
+def expected_keys_table() -> str:
+    """Tab-separated reference name, shape and darkraw key, in the authors' order.
+
+    The same facts as the spec's key list, derived from the mapping the importer really uses,
+    so users can check a file they downloaded without that list.
+    """
+    net = DarkRestorationNet(rdb=REFERENCE_RDB)
+    ours = net.state_dict()
+    rows = ["reference_key\tshape\tdarkraw_key"]
+    rows += [f"{ref}\t{_shape(ours[our])}\t{our}" for ref, our in key_map(net).items()]
+    return "\n".join(rows)
+
+
 def _strip_data_parallel_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     # Checkpoints saved from nn.DataParallel prefix every key with "module."; same tensors.
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
@@ -197,31 +215,26 @@ def _strip_data_parallel_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_reference_checkpoint(path: str | Path) -> dict[str, Any]:
     """The ``model`` state dict of the authors' file, loaded without executing pickled code."""
+    from darkraw.checkpoints import load_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ReferenceCheckpointError(
-            f"{path} does not exist: download the authors' published checkpoint of the real-time "
-            "low-light network yourself (darkraw does not ship it) and give its path"
-        )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ReferenceCheckpointError(
-            f"{path} could not be read as a torch.save file of tensors ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); is it the authors' .pt file, "
-            "complete and unmodified?"
-        ) from error
+        payload = load_torch_file(path, "reference", WHAT_TO_GIVE)
+    except DataError as error:
+        raise ReferenceCheckpointError(str(error)) from error
     if not isinstance(payload, Mapping):
         raise ReferenceCheckpointError(
             f"{path} holds a {type(payload).__name__}, not a dict: the authors' checkpoint is a "
             "dict {'model': state_dict}"
         )
     if "model" not in payload:
-        hint = (
-            " (this looks like a Lightning checkpoint: it needs no import, use it directly)"
-            if "state_dict" in payload
-            else ""
-        )
+        hint = ""
+        if "state_dict" in payload:
+            from darkraw.checkpoints import is_darkraw_checkpoint
+
+            hint = (" (this is already a darkraw checkpoint: it needs no import, pass it as "
+                    "ckpt=... directly)" if is_darkraw_checkpoint(payload) else
+                    " (this is a Lightning checkpoint of some other model, not the authors' file)")
         raise ReferenceCheckpointError(
             f"{path} has no 'model' entry (keys: {sorted(map(str, payload))[:10]}){hint}; the "
             "authors' checkpoint is a dict {'model': state_dict}"
@@ -298,17 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Convert the authors' published checkpoint ({'model': state_dict}) into a "
         "darkraw Lightning checkpoint (RestorationModule, rdb='before').",
     )
-    parser.add_argument("reference", type=Path, help="the authors' .pt file")
-    parser.add_argument("out", type=Path, help="the darkraw checkpoint to write (.ckpt)")
+    parser.add_argument("reference", type=Path, nargs="?", help="the authors' .pt file")
+    parser.add_argument("out", type=Path, nargs="?",
+                        help="the darkraw checkpoint to write (.ckpt)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing out file")
+    parser.add_argument("--list-keys", action="store_true",
+                        help="print the tensor names and shapes the authors' file must hold, "
+                        "and the darkraw weights each one goes to, then exit")
     args = parser.parse_args(argv)
+    if args.list_keys:
+        print(expected_keys_table())
+        return 0
+    if args.reference is None or args.out is None:
+        parser.error("give the authors' .pt file and the .ckpt to write (or --list-keys)")
     if args.out.exists() and not args.force:
-        print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
+        print(f"darkraw: error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
         return 2
     try:
         written = convert(args.reference, args.out)
     except ReferenceCheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"darkraw: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"darkraw: error: cannot write {args.out} ({error.strerror or error}): choose a "
+              "writable path for the converted checkpoint", file=sys.stderr)
         return 1
     print(f"wrote {written} ({REFERENCE_TENSOR_COUNT} reference tensors, rdb='{REFERENCE_RDB}'); "
           f"use it as e.g. `python eval.py ckpt={written}`")

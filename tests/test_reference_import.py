@@ -10,6 +10,7 @@ from darkraw.errors import DataError
 from lightning_modules.module import RestorationModule
 from lightning_modules.network import DarkRestorationNet
 from lightning_modules.reference_import import (
+    REFERENCE_TENSOR_COUNT,
     ReferenceCheckpointError,
     import_reference,
     load_reference_state_dict,
@@ -168,7 +169,7 @@ def test_the_classic_rdb_variant_is_refused() -> None:
     [
         ([1, 2, 3], "holds a list, not a dict"),
         ({"weights": {}}, "no 'model' entry"),
-        ({"state_dict": {}, "hyper_parameters": {}}, "looks like a Lightning checkpoint"),
+        ({"state_dict": {}, "hyper_parameters": {}}, "a Lightning checkpoint of some other model"),
         ({"model": [1]}, "'model' holds a list"),
     ],
 )
@@ -182,8 +183,12 @@ def test_files_of_the_wrong_form_are_refused(tmp_path: Path, payload: object, ma
 def test_unreadable_and_absent_files_are_refused(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
-    with pytest.raises(ReferenceCheckpointError, match="garbage.pt could not be read"):
+    with pytest.raises(ReferenceCheckpointError, match="garbage.pt is not a PyTorch checkpoint"):
         read_reference_checkpoint(garbage)
+    notes = tmp_path / "notes.txt"  # torch.load raised KeyError on a text file: now explained
+    notes.write_text("e" * 200)
+    with pytest.raises(ReferenceCheckpointError, match="notes.txt (is not|could not be read)"):
+        read_reference_checkpoint(notes)
     with pytest.raises(DataError, match="absent.pt does not exist"):
         read_reference_checkpoint(tmp_path / "absent.pt")
 
@@ -231,3 +236,26 @@ def test_cli_refuses_to_overwrite_and_reports_bad_files(
     err = capsys.readouterr().err
     assert "62 missing tensor(s)" in err and out.read_bytes() == b"precious"
 
+
+
+def test_list_keys_prints_the_spec_key_list(capsys: pytest.CaptureFixture[str]) -> None:
+    """The key list users can check a download against is the importer's own mapping."""
+    assert main(["--list-keys"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == REFERENCE_TENSOR_COUNT
+    if SPEC_TSV.is_file():
+        spec = [line.split("\t")[:2] for line in SPEC_TSV.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+        assert [row[:2] for row in rows] == spec
+
+
+def test_a_darkraw_checkpoint_is_recognised_as_needing_no_import(tmp_path: Path) -> None:
+    from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
+
+    ours = save_checkpoint(lightning_checkpoint(perturbed_net()), tmp_path / "ours.ckpt")
+    with pytest.raises(ReferenceCheckpointError, match="already a darkraw checkpoint"):
+        read_reference_checkpoint(ours)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"encoder.w": torch.zeros(1)}}, other)
+    with pytest.raises(ReferenceCheckpointError, match="some other model"):
+        read_reference_checkpoint(other)

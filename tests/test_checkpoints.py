@@ -1,0 +1,96 @@
+"""What eval.py, restore.py and export say about every kind of file passed as ``ckpt=``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from darkraw.checkpoints import load_inference_network, load_network
+from darkraw.errors import DataError
+from lightning_modules.inference import InferenceNet
+from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
+from tests.helpers import perturbed_net
+
+
+@pytest.fixture(scope="module")
+def darkraw_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(lightning_checkpoint(perturbed_net()), folder / "ours.ckpt")
+
+
+def not_a_checkpoint(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "text":
+        path.write_text("e" * 300)  # torch.load raised KeyError: 101 on this
+    elif kind == "numpy":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)  # gave IndexError
+    elif kind == "truncated":
+        data = (Path(__file__).parent / "__init__.py").read_bytes()
+        torch.save({"state_dict": {"net.w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:300] + data)
+    elif kind == "pickle":
+        torch.save({"state_dict": {"net.w": torch.zeros(1)}, "path": Path("x")}, path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("text", r"text\.ckpt (is not a PyTorch checkpoint|could not be read)"),
+    ("numpy", r"numpy\.ckpt (is not a PyTorch checkpoint|could not be read)"),
+    ("png", r"png\.ckpt (is not a PyTorch checkpoint|could not be read)"),
+    ("tensor", r"holds a Tensor, not a checkpoint dict"),
+    ("truncated", r"truncated\.ckpt (could not be read|is not a PyTorch)"),
+    ("pickle", r"pickle\.ckpt holds pickled Python objects \(pathlib\.\w*Path\)"),
+])
+def test_files_that_are_no_checkpoint_are_named_and_explained(tmp_path: Path, kind: str,
+                                                              message: str) -> None:
+    path = not_a_checkpoint(tmp_path, kind)
+    with pytest.raises(DataError, match=message) as caught:
+        load_network(path, torch.device("cpu"))
+    assert "weights_only=False" not in str(caught.value)  # torch's unsafe advice is not passed on
+    assert "train.py" in str(caught.value)
+
+
+def test_other_checkpoints_say_what_they_are(tmp_path: Path) -> None:
+    authors = tmp_path / "authors.pt"
+    torch.save({"model": {"conv2x.0.bias": torch.zeros(12)}}, authors)
+    with pytest.raises(DataError, match="looks like the authors' published checkpoint.*"
+                                        "reference_import"):
+        load_network(authors, torch.device("cpu"))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"encoder.w": torch.zeros(1)}, "hyper_parameters": {}}, foreign)
+    with pytest.raises(DataError, match="not of darkraw's RestorationModule"):
+        load_network(foreign, torch.device("cpu"))
+    with pytest.raises(DataError, match="is a folder, not a file"):
+        load_network(tmp_path, torch.device("cpu"))
+    with pytest.raises(DataError, match="absent.ckpt does not exist"):
+        load_network(tmp_path / "absent.ckpt", torch.device("cpu"))
+
+
+def test_a_darkraw_checkpoint_with_other_shapes_is_explained(tmp_path: Path,
+                                                              darkraw_checkpoint: Path) -> None:
+    checkpoint = torch.load(darkraw_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["net.low.bias"] = torch.zeros(5)
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    with pytest.raises(DataError, match="does not fit this version's network"):
+        load_network(edited, torch.device("cpu"))
+
+
+def test_eval_and_restore_get_the_inference_form_with_the_same_outputs(
+        darkraw_checkpoint: Path) -> None:
+    training_form = load_network(darkraw_checkpoint, torch.device("cpu"))
+    inference_form = load_inference_network(darkraw_checkpoint, torch.device("cpu"))
+    assert isinstance(inference_form, InferenceNet)
+    assert not any(p.requires_grad for p in inference_form.parameters())
+    x = torch.rand(1, 4, 48, 80, generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        expected = training_form(x)
+    assert float((inference_form(x) - expected).abs().max()) < 3e-5
