@@ -8,13 +8,15 @@ size must be a multiple of 16), which is what lets ``torch.export`` prove the pi
 (un)shuffles exact; an input whose packed size is not a multiple of 16 is refused by the runtime.
 
     python -m lightning_modules.export ckpt=path/to/last.ckpt out=model.onnx
-    python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --check
+    python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --opset 18
+    python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --no-check
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import warnings
@@ -54,15 +56,18 @@ def _dynamic_shapes() -> dict[str, dict[int, object]]:
 
 def _quiet_export(*args: object, **kwargs: object) -> object:
     # The exporter logs progress lines and warns about optional torchvision ops; neither helps.
-    logger = logging.getLogger("torch.onnx")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript logs a failed opset conversion as a traceback; export_onnx reports it instead.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL if logger.name == "onnxscript" else logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.onnx.export(*args, **kwargs)  # type: ignore[arg-type]
     finally:
-        logger.setLevel(previous)
+        for logger, level in zip(loggers, previous, strict=True):
+            logger.setLevel(level)
 
 
 def export_onnx(net: nn.Module, out: str | Path, *, example: torch.Tensor | None = None,
@@ -95,7 +100,30 @@ def export_onnx(net: nn.Module, out: str | Path, *, example: torch.Tensor | None
         _quiet_export(model, (x,), str(out), **kwargs)
     # Weights an earlier export left beside it would be mistaken for this model's.
     Path(f"{out}.data").unlink(missing_ok=True)
+    if opset is not None and written_opset(out) != opset:
+        # torch's exporter builds opset 18+ graphs and converts down when asked; where that
+        # conversion fails it keeps its own opset without a word. A runtime that needs the
+        # asked-for opset would then refuse the file far from here.
+        got = written_opset(out)
+        out.unlink()
+        raise OpsetUnavailableError(
+            f"--opset {opset} could not be produced: torch {torch.__version__}'s ONNX exporter "
+            f"wrote opset {got} instead, since onnx's version converter cannot take every operator "
+            f"down to {opset} (no file was kept): choose a newer opset, or leave --opset out"
+        )
     return out
+
+
+class OpsetUnavailableError(ValueError):
+    """The exporter silently wrote another ONNX opset than the one asked for."""
+
+
+def written_opset(onnx_path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def onnx_session(onnx_path: str | Path, threads: int | None = None):  # -> ort.InferenceSession
@@ -148,11 +176,49 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("model.onnx"))
     parser.add_argument("--height", type=int, default=64, help="packed height of the trace input")
     parser.add_argument("--width", type=int, default=64, help="packed width of the trace input")
-    parser.add_argument("--opset", type=int, default=None)
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: the exporter's own; it writes 18 and newer)")
     parser.add_argument("--static", action="store_true", help="fixed input size, no dynamic axes")
-    parser.add_argument("--check", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
-                        help="compare ONNX Runtime with PyTorch afterwards (default true)")
+    parser.add_argument("--check", type=parse_bool, nargs="?", const=True, default=True,
+                        help="compare ONNX Runtime with PyTorch afterwards (default true; "
+                        "--check false or --no-check skips it)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the ONNX Runtime comparison")
     return parser.parse_args(_key_value_to_flags(argv))
+
+
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_bool(text: str) -> bool:
+    """A strict yes/no: a typo such as ``--check ture`` must not silently skip the check."""
+    try:
+        return BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a yes/no value: use true or false"
+        ) from None
+
+
+def check_output_path(out: Path) -> str | None:
+    """Why ``out`` cannot be written, before the export spends its time; None if it can."""
+    if out.is_dir():
+        return f"out={out} is a folder: give the .onnx file to write, e.g. {out / 'model.onnx'}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return (f"out={out}: cannot create its folder {out.parent} "
+                f"({error.strerror or error}): choose a writable path")
+    if not os.access(out.parent, os.W_OK):
+        return f"out={out}: its folder {out.parent} is not writable: choose a writable path"
+    return None
+
+
+def newest_onnx_opset() -> int:
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,16 +229,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("height", "width"):
         value = getattr(args, name)
         if value <= 0 or value % PACKED_MULTIPLE:
-            print(f"error: {name}={value} must be a positive multiple of {PACKED_MULTIPLE} "
-                  "(packed pixels)", file=sys.stderr)
+            print(f"darkraw: error: {name}={value} must be a positive multiple of "
+                  f"{PACKED_MULTIPLE} (packed pixels)", file=sys.stderr)
             return 2
+    newest = newest_onnx_opset()
+    if args.opset is not None and not 1 <= args.opset <= newest:
+        print(f"darkraw: error: opset={args.opset} is not an ONNX opset this onnx package knows: "
+              f"choose one up to {newest} (the exporter writes 18 and newer)", file=sys.stderr)
+        return 2
+    problem = check_output_path(args.out)
+    if problem:
+        print(f"darkraw: error: {problem}", file=sys.stderr)
+        return 1
     try:
         net = fold_weight_norm(load_network(args.ckpt, torch.device("cpu")))
     except DarkrawError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"darkraw: error: {error}", file=sys.stderr)
         return 1
     example = example_input(1, args.height, args.width)
-    path = export_onnx(net, args.out, example=example, dynamic=not args.static, opset=args.opset)
+    try:
+        path = export_onnx(net, args.out, example=example, dynamic=not args.static,
+                           opset=args.opset)
+    except OpsetUnavailableError as error:
+        print(f"darkraw: error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {path} ({'static' if args.static else 'dynamic batch/height/width'})")
     if args.check:
         sizes = [(args.height, args.width)]

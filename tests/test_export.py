@@ -91,3 +91,29 @@ def test_cli_rejects_bad_sizes_and_missing_checkpoints(
     assert main([f"ckpt={tmp_path / 'x.ckpt'}", f"out={tmp_path / 'm.onnx'}"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_refuses_an_opset_it_cannot_write_and_typos_in_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exporter wrote opset 18 when asked for 11, and ``--check ture`` skipped the check."""
+    from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
+    from tests.helpers import perturbed_net
+
+    ckpt = save_checkpoint(lightning_checkpoint(perturbed_net()), tmp_path / "ours.ckpt")
+    out = tmp_path / "m.onnx"
+    assert main([f"ckpt={ckpt}", f"out={out}", "opset=11", "check=false"]) == 1
+    assert "--opset 11 could not be produced" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([f"ckpt={ckpt}", f"out={out}", "opset=999"]) == 2
+    assert "opset=999" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse([f"ckpt={ckpt}", "--check", "ture"])
+    assert _parse([f"ckpt={ckpt}", "--check"]).check is True
+    assert _parse([f"ckpt={ckpt}", "--no-check"]).check is False
+    assert main([f"ckpt={ckpt}", f"out={tmp_path}"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main([f"ckpt={ckpt}", f"out={blocker / 'x.onnx'}"]) == 1
+    assert "cannot create its folder" in capsys.readouterr().err
