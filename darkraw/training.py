@@ -92,6 +92,13 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
                     trainer_cfg.get("max_epochs"), max_steps)
 
 
+def check_seed(seed: object) -> int:
+    """Lightning's own check ends in ``int('abc')``'s traceback; say which key to fix."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} must be a whole number in [0, 2**32), e.g. seed=1")
+    return seed
+
+
 def check_accelerator_available(accelerator: str) -> None:
     """Lightning's own error for a missing GPU ("No supported gpu backend found!") names neither
     the setting nor the way out; `experiment=paper` asks for a GPU, laptops have none."""
@@ -417,7 +424,7 @@ def train(cfg: DictConfig) -> RunSummary:
     if strategy_note:
         log.info(strategy_note)
     # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(check_seed(cfg.seed), workers=True)
     module = build_module(cfg)
     check_patch_fits_loss(cfg.data.get("patch_size"), module.loss_cfg.win_size,
                           module.criterion.min_side)

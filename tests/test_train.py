@@ -139,6 +139,7 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
         ("model.summary_image_size=[100,64]", "model.summary_image_size=[100, 64] (by default "
                                               "data.patch_size, squared) is not allowed: give "
                                               "[height, width]"),
+        ("seed=abc", "seed='abc' must be a whole number in [0, 2**32)"),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
