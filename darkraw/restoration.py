@@ -1,28 +1,42 @@
 """Restoring whole raw files of any size: padding, overlapping tiles, amplification, writing.
 
-Training sees only multiples of 32 and 512 px crops; users bring arbitrary camera files. Sizes
-are padded (reflect, in the packed domain, so the Bayer channels keep their meaning) and cropped
-back, and images too large for memory run in overlapping tiles blended with linear ramps.
+Training sees only multiples of 32 and 512 px crops of RGGB files; users bring arbitrary camera
+files. Sizes are padded (reflect, in the packed domain, so the Bayer channels keep their meaning)
+and cropped back, the other three Bayer phases are shifted to RGGB and padded back, and images
+too large for memory run in overlapping tiles blended with linear ramps. A folder is restored file
+by file: a file that cannot be read or written is reported and skipped, not fatal to the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import itertools
+import math
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darkraw.errors import ConfigError, DataError
+from darkraw.errors import ConfigError, DarkrawError, DataError
 from datamodules.amplification import MAX_AMPLIFICATION, MIN_AMPLIFICATION, estimated_amplification
 from datamodules.raw import normalise, pack_bayer, read_raw
 
 RAW_EXTENSIONS = (".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".orf", ".rw2", ".pef", ".srw",
                   ".raw", ".rwl", ".3fr", ".iiq", ".erf", ".mos", ".kdc", ".dcr")
+#: The network downsamples the packed input by 16: its output is shift-invariant only for shifts
+#: by multiples of 16 packed px, so sizes are padded to, and tiles start at, multiples of it.
 PACKED_MULTIPLE = 16
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff")
+#: Failed files named in the final error line; the others are in the warnings above it.
+MAX_FAILURES_LISTED = 5
 
 
 def find_raw_files(source: str | Path) -> list[Path]:
@@ -40,6 +54,27 @@ def find_raw_files(source: str | Path) -> list[Path]:
     return files
 
 
+def prepare_output_dir(output: str | Path) -> Path:
+    """Create ``output`` and prove it writable before any network runs.
+
+    Otherwise a path that is a file, lies under a file or in a read-only place fails with an
+    OSError traceback only when the first image is written, after minutes of restoring.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output={output} is a file, not a folder: give a folder for the "
+                          "restored images (it is created if missing)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"output={output} cannot be created or written ({reason}): give a "
+                          "folder you can write to") from error
+    return output
+
+
 def even_mosaic(mosaic: np.ndarray) -> np.ndarray:
     """Make both sides even by repeating the row/column two back (same Bayer colour)."""
     if mosaic.shape[0] % 2:
@@ -49,11 +84,26 @@ def even_mosaic(mosaic: np.ndarray) -> np.ndarray:
     return mosaic
 
 
-def load_packed_normalised(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """Packed (4, h, w) float32 in [0, 1] and the file's full (H, W), which the output keeps."""
-    frame = read_raw(path, multiple=1)
+def load_packed_normalised(
+    path: Path,
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """Packed (4, h, w) float32 in [0, 1], the RGGB mosaic's (H, W) and its (row, col) offset.
+
+    Any 2x2 Bayer phase is taken (see ``read_raw(any_bayer_phase=True)``): the mosaic starts at
+    the first R site, ``offset`` rows/columns into the file's visible area, which the output puts
+    back with :func:`pad_to_visible` so that it keeps the file's full size.
+    """
+    frame = read_raw(path, multiple=1, any_bayer_phase=True)
     packed = pack_bayer(even_mosaic(frame.mosaic))
-    return normalise(packed, frame.black_level, frame.white_level), frame.shape
+    return normalise(packed, frame.black_level, frame.white_level), frame.shape, frame.offset
+
+
+def pad_to_visible(image: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+    """Put back the top rows/left columns dropped to reach RGGB, repeating the edge (3, H, W)."""
+    dy, dx = offset
+    if not dy and not dx:
+        return image
+    return F.pad(image[None], (dx, 0, dy, 0), mode="replicate")[0]
 
 
 def check_amplification(setting: object) -> str | float:
@@ -87,7 +137,11 @@ def check_m_values(m_values: Sequence[object]) -> list[float]:
 
 
 def check_tiling(tile_size: int | None, tile_overlap: int) -> None:
-    """Tiles in packed pixels: a positive multiple of the network's stride, overlap < tile / 2."""
+    """Tiles in packed pixels: a positive multiple of the network's stride, overlap < tile / 2.
+
+    Tiles start at multiples of 16, so neighbours overlap by a multiple of 16 less than the tile:
+    a 16 px tile can only butt against its neighbour (overlap 0).
+    """
     if tile_size is None:
         return
     if (isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size <= 0
@@ -100,6 +154,12 @@ def check_tiling(tile_size: int | None, tile_overlap: int) -> None:
             or not 0 <= tile_overlap < tile_size // 2):
         raise ConfigError(
             f"tile_overlap={tile_overlap} must be in [0, tile_size / 2) = [0, {tile_size // 2})"
+        )
+    if tile_overlap > tile_size - PACKED_MULTIPLE:
+        raise ConfigError(
+            f"tile_overlap={tile_overlap} does not fit tile_size={tile_size}: tiles start at "
+            f"multiples of {PACKED_MULTIPLE} packed px, so use tile_size >= "
+            f"{2 * PACKED_MULTIPLE} or tile_overlap=0"
         )
 
 
@@ -148,49 +208,125 @@ def run_padded(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net(pad_to_multiple(x))[..., : 2 * h, : 2 * w]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def ceil_to_multiple(value: int, multiple: int = PACKED_MULTIPLE) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _spread_spans(length: int, count: int, size: int) -> list[tuple[int, int]]:
+    """``count`` tiles of ``size`` (the last one cut at ``length``), starts at multiples of 16
+    spread evenly from 0 to the first multiple of 16 from which a tile reaches the end."""
+    last = ceil_to_multiple(length - size)
+    starts = [PACKED_MULTIPLE * round(i * last / (count - 1) / PACKED_MULTIPLE)
+              for i in range(count)]
+    return [(start, min(size, length - start)) for start in starts]
+
+
+def _spans_fit(spans: Sequence[tuple[int, int]], overlap: int) -> bool:
+    """Strictly increasing starts and every pair of neighbours sharing at least ``overlap``."""
+    return all(b_start > a_start and a_start + a_size - b_start >= overlap
+               for (a_start, a_size), (b_start, _) in itertools.pairwise(spans))
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, size) of balanced tiles covering ``length`` packed px, neighbours sharing
+    ``>= overlap``.
+
+    Every start is a multiple of 16 (:data:`PACKED_MULTIPLE`): the network is shift-invariant
+    only for such shifts, so a tile at any other offset would see (and restore) a differently
+    aligned image than the whole-image run does. Every tile but the last is a multiple of 16
+    long (no padding); the last ends at ``length`` and is padded like the whole image.
+
+    Balanced: the fewest tiles that cover the length with tiles ``<= tile``, the overlap and
+    16-aligned starts, all about the same length, so the extra work is about the overlaps alone.
+    Greedy ``tile``-long tiles with the last one pushed back against the end overlap it by up to
+    a whole tile (a 1424 x 2128 packed SID frame: 6 tiles of 1024^2, 2.1x its pixels, against 6
+    of 752^2, 1.12x, here).
+    """
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
+        return [(0, length)]
+    count = max(2, math.ceil((length - overlap) / (tile - overlap)))
+    while count <= length:
+        smallest = ceil_to_multiple(math.ceil((length + (count - 1) * overlap) / count))
+        for size in range(min(smallest, tile), tile + 1, PACKED_MULTIPLE):
+            spans = _spread_spans(length, count, size)
+            if _spans_fit(spans, overlap):
+                return spans
+        count += 1
+    raise ConfigError(  # unreachable after check_tiling: stride 16 always fits
+        f"tile_size={tile} with tile_overlap={overlap} cannot cover {length} packed px"
+    )
 
 
-def blend_ramp(length: int, ramp: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
-    """1-D weights: linear ramps over ``ramp`` samples on the sides that overlap a neighbour."""
+def tile_count(shape: tuple[int, int], tile: int | None, overlap: int) -> int:
+    """How many tiles :func:`run_tiled` runs for a packed (h, w): the progress bar's units."""
+    if not tile:
+        return 1
+    return len(tile_spans(shape[0], tile, overlap)) * len(tile_spans(shape[1], tile, overlap))
+
+
+def blend_ramp(length: int, fade_in: int, fade_out: int) -> torch.Tensor:
+    """1-D weights: 1, with linear ramps over the first ``fade_in`` / last ``fade_out`` samples.
+
+    Ramp values are ``(k + 0.5) / n``, never 0, so a pixel that only one tile covers keeps a
+    positive weight; where two tiles overlap by exactly the two ramps, they sum to 1.
+    """
     weights = torch.ones(length)
-    if ramp > 0:
-        ramp_values = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-        if fade_in:
-            weights[:ramp] = ramp_values
-        if fade_out:
-            weights[-ramp:] = ramp_values.flip(0)
+    if fade_in > 0:
+        weights[:fade_in] = (torch.arange(fade_in, dtype=torch.float32) + 0.5) / fade_in
+    if fade_out > 0:
+        ramp = ((torch.arange(fade_out, dtype=torch.float32) + 0.5) / fade_out).flip(0)
+        weights[-fade_out:] = torch.minimum(weights[-fade_out:], ramp)
     return weights
 
 
-def run_tiled(net: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-    """Restore a packed batch tile by tile; the output equals :func:`run_padded` away from seams.
+def axis_weights(spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Full-resolution blend weights of each tile along one axis.
 
-    ``tile`` and ``overlap`` are packed pixels. The network sees 1/16 of the packed size in its
-    deepest encoder, so overlaps of a few multiples of 16 keep the seams invisible.
+    Overlaps differ between neighbours (starts rounded to multiples of 16), so each side ramps
+    over the overlap it actually shares: a cross-fade that sums to 1 across it, and the weight
+    falls towards each tile's border, where the network sees the least context.
+    """
+    weights = []
+    for i, (start, size) in enumerate(spans):
+        fade_in = 2 * (spans[i - 1][0] + spans[i - 1][1] - start) if i > 0 else 0
+        fade_out = 2 * (start + size - spans[i + 1][0]) if i + 1 < len(spans) else 0
+        weights.append(blend_ramp(2 * size, fade_in, fade_out))
+    return weights
+
+
+def run_tiled(net: nn.Module, x: torch.Tensor, tile: int, overlap: int,
+              on_tile: Callable[[], None] | None = None) -> torch.Tensor:
+    """Restore a packed batch tile by tile (:func:`tile_spans`), blended with linear ramps.
+
+    ``tile`` and ``overlap`` are packed pixels; ``on_tile`` is called after each tile. For a
+    network whose outputs depend on inputs at most ``overlap / 2`` packed px away the result
+    equals :func:`run_padded` exactly; the real network's deepest encoder sees 1/16 of the
+    packed size, so its tiles differ from the whole image near tile borders only, less the
+    larger tiles and overlaps are (tiles start at multiples of 16, so away from the borders each
+    tile is the whole-image computation, shifted).
     """
     check_tiling(tile, overlap)
     b, _, h, w = x.shape
     if h <= tile and w <= tile:
-        return run_padded(net, x)
+        out = run_padded(net, x)
+        if on_tile is not None:
+            on_tile()
+        return out
     out = torch.zeros(b, 3, 2 * h, 2 * w, device=x.device)
     weight = torch.zeros(1, 1, 2 * h, 2 * w, device=x.device)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    for y in ys:
-        for x0 in xs:
-            th, tw = min(tile, h - y), min(tile, w - x0)
+    rows, cols = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)
+    row_weights, col_weights = axis_weights(rows), axis_weights(cols)
+    for (y, th), wy in zip(rows, row_weights, strict=True):
+        for (x0, tw), wx in zip(cols, col_weights, strict=True):
             piece = run_padded(net, x[..., y:y + th, x0:x0 + tw]).float()
-            wy = blend_ramp(2 * th, 2 * overlap, y > 0, y + th < h)
-            wx = blend_ramp(2 * tw, 2 * overlap, x0 > 0, x0 + tw < w)
             window = (wy[:, None] * wx[None, :]).to(x.device)
             region = (..., slice(2 * y, 2 * (y + th)), slice(2 * x0, 2 * (x0 + tw)))
             out[region] += piece * window
             weight[region] += window
+            if on_tile is not None:
+                if x.is_cuda:  # kernels run asynchronously: count a tile once it is done
+                    torch.cuda.synchronize(x.device)
+                on_tile()
     return out / weight
 
 
@@ -202,19 +338,29 @@ def to_uint(image: torch.Tensor, bits: int) -> np.ndarray:
 
 
 def write_image(image: torch.Tensor, path: Path, quality: int = 95) -> Path:
-    """PNG/JPEG (8 bit) or TIFF (16 bit), chosen by the file extension."""
+    """PNG/JPEG (8 bit) or TIFF (16 bit), chosen by the file extension.
+
+    A failed write (disk full, folder removed meanwhile) is a DataError naming the file, so that
+    a folder run reports it and goes on with the next file.
+    """
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, to_uint(image, 16))
-        return path
-    from PIL import Image
-
-    if suffix not in (".png", ".jpg", ".jpeg"):
+    if suffix not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
         check_image_format(suffix)  # raises: the one message for every unsupported format
-    Image.fromarray(to_uint(image, 8)).save(path, quality=quality)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(path, to_uint(image, 16))
+            return path
+        from PIL import Image
+
+        Image.fromarray(to_uint(image, 8)).save(path, quality=quality)
+    except OSError as error:
+        with contextlib.suppress(OSError):  # no half-written image under the real name
+            path.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {error.strerror or error}; check the free space "
+                        f"and permissions of {path.parent}") from error
     return path
 
 
@@ -223,38 +369,180 @@ def format_number(value: float) -> str:
     return f"{value:g}".replace(".", "p")
 
 
+class Reporter:
+    """What a restore run tells its user; this base says nothing (library use, tests)."""
+
+    def reading(self, path: Path) -> None:
+        """``path`` is being decoded."""
+
+    def restoring(self, path: Path, images: int, tiles: int) -> None:
+        """``path`` decoded: ``images`` output images of ``tiles`` network runs each follow."""
+
+    def advance(self) -> None:
+        """One network run (a tile of one output image) is done."""
+
+    def written(self, path: Path, gain: float) -> None:
+        """An output image is on disk."""
+
+    def failed(self, path: Path, error: DarkrawError) -> None:
+        """``path`` could not be restored and is skipped."""
+
+    def file_done(self) -> None:
+        """The current input file is finished, restored or not."""
+
+
 @torch.inference_mode()
 def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequence[float],
                  amplification: str | float, image_format: str, tile_size: int | None,
                  tile_overlap: int, device: torch.device,
-                 autocast_dtype: torch.dtype | None = None) -> list[tuple[Path, float]]:
+                 autocast_dtype: torch.dtype | None = None,
+                 reporter: Reporter | None = None) -> list[tuple[Path, float]]:
     """Restore one raw file once per output of :func:`gains_and_labels`.
 
+    Each image has the file's full visible size and is reported as soon as it is written.
     Returns (written file, gain) pairs.
     """
-    packed, (height, width) = load_packed_normalised(path)
+    reporter = reporter or Reporter()
+    reporter.reading(path)
+    packed, (height, width), offset = load_packed_normalised(path)
+    outputs = gains_and_labels(packed, amplification, m_values)
+    reporter.restoring(path, len(outputs), tile_count(packed.shape[-2:], tile_size, tile_overlap))
     x = torch.from_numpy(packed)[None].to(device)
     written = []
-    for gain, label in gains_and_labels(packed, amplification, m_values):
+    for gain, label in outputs:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             if tile_size:
-                restored = run_tiled(net, x * gain, tile_size, tile_overlap)
+                restored = run_tiled(net, x * gain, tile_size, tile_overlap,
+                                     on_tile=reporter.advance)
             else:
                 restored = run_padded(net, x * gain)
+                reporter.advance()
         target = output_dir / f"{path.stem}_{label}.{image_format}"
-        image = restored[0, :, :height, :width].float()
+        image = pad_to_visible(restored[0, :, :height, :width].float(), offset)
         written.append((write_image(image, target), gain))
+        reporter.written(target, gain)
     return written
 
 
-def restore_all(net: nn.Module, files: Iterable[Path], output_dir: Path,
-                **options: object) -> list[tuple[Path, float]]:
-    """Every file in turn, with a progress bar; settings are checked by the caller beforehand."""
-    from rich.progress import track
+@dataclass
+class RestoreReport:
+    """What a run over several files did: the images written and the files that failed."""
 
+    files: int
+    written: list[tuple[Path, float]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def failure_message(self) -> str:
+        """One line: how many failed and why, the first few by name (all are in the warnings)."""
+        listed = [f"{path.name} ({reason.rstrip('.')})"
+                  for path, reason in self.failed[:MAX_FAILURES_LISTED]]
+        more = len(self.failed) - len(listed)
+        tail = f", and {more} more (see the warnings above)" if more else ""
+        return (f"{len(self.failed)} of {self.files} files could not be restored: "
+                f"{', '.join(listed)}{tail}")
+
+
+def short_reason(path: Path, error: DarkrawError) -> str:
+    """The error's message with the file's full path shortened to its name (listed beside it)."""
+    return str(error).replace(str(path), path.name)
+
+
+def restore_all(net: nn.Module, files: Iterable[Path], output_dir: Path, *,
+                reporter: Reporter | None = None, skip_failures: bool = True,
+                **options: object) -> RestoreReport:
+    """Every file in turn; settings are checked by the caller beforehand.
+
+    With ``skip_failures`` a file that cannot be read or written (a user error: corrupt,
+    unsupported layout, disk full) is reported, skipped and listed in the report, and the other
+    files are still restored; without, its error propagates (a single input file). Anything
+    else is a bug and propagates either way.
+    """
+    reporter = reporter or Reporter()
     files = list(files)
-    results: list[tuple[Path, float]] = []
-    for path in track(files, description="restoring", disable=len(files) < 2):
-        results.extend(restore_file(net, path, output_dir, **options))  # type: ignore[arg-type]
-    return results
+    report = RestoreReport(files=len(files))
+    for path in files:
+        try:
+            report.written.extend(
+                restore_file(net, path, output_dir, reporter=reporter,
+                             **options)  # type: ignore[arg-type]
+            )
+        except DarkrawError as error:
+            if not skip_failures:
+                raise
+            report.failed.append((path, short_reason(path, error)))
+            reporter.failed(path, error)
+        finally:
+            reporter.file_done()
+    return report
+
+
+class ConsoleReporter(Reporter, AbstractContextManager["ConsoleReporter"]):
+    """Progress bars on stderr, each written image on stdout as soon as it exists.
+
+    stdout lists only the written files (``restore.py ... > written.txt`` captures exactly
+    them), so the bars and warnings go to stderr. The bars advance per tile of each output image,
+    so even a single large file shows it is working; with several files a second bar counts them.
+    """
+
+    def __init__(self, files: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True, soft_wrap=True, highlight=False, markup=False,
+                               emoji=False)
+        # Printing to stdout while a bar is live on the same terminal would tear the bar, so
+        # then rich prints stdout above the bar; a piped stdout is left alone. A stderr that is
+        # not a terminal (a log file) gets no bars at all, only the warnings: transient bars
+        # leave nothing there but rich's blank line at their end.
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+            redirect_stdout=_isatty(sys.stdout), disable=not self.console.is_interactive,
+        )
+        self.files_task = (self.progress.add_task("files", total=files) if files > 1 else None)
+        self.file_task = self.progress.add_task("", total=None)
+
+    def __enter__(self) -> ConsoleReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.progress.stop()
+
+    def reading(self, path: Path) -> None:
+        self.progress.reset(self.file_task, total=None, description=f"reading {path.name}")
+
+    def restoring(self, path: Path, images: int, tiles: int) -> None:
+        self.progress.reset(self.file_task, total=images * tiles,
+                            description=f"restoring {path.name} ({images} image(s) x {tiles} "
+                                        "tile(s))")
+
+    def advance(self) -> None:
+        self.progress.advance(self.file_task)
+
+    def written(self, path: Path, gain: float) -> None:
+        print(f"{path}  (amplification x{gain:.1f})", flush=True)
+
+    def failed(self, path: Path, error: DarkrawError) -> None:
+        self.console.print(f"darkraw: warning: skipped {path}: {error}")
+
+    def file_done(self) -> None:
+        if self.files_task is not None:
+            self.progress.advance(self.files_task)
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
+

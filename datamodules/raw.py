@@ -33,6 +33,10 @@ POSTPROCESS_PARAMS: dict[str, object] = {
 #: The only colour filter layout the network understands (packed order R, G, G, B).
 EXPECTED_CFA = "RGGB"
 
+#: What the errors below ask for: restoring also takes the other Bayer phases (shifted to RGGB).
+NEEDED = ("a 2x2 R/G/B Bayer raw (RGGB like the Sony a7S II's; restore.py also takes BGGR, GRBG "
+          "and GBRG)")
+
 
 class RawReadError(DataError):
     """A raw file that cannot be used: missing, corrupt, or not an RGGB Bayer mosaic."""
@@ -51,6 +55,9 @@ class RawFrame:
     black_level: tuple[float, float, float, float]
     white_level: float
     visible_shape: tuple[int, int]
+    #: Rows and columns dropped at the top/left of the visible area so that the mosaic starts at
+    #: an R site: (0, 0) for RGGB files, non-zero only with ``read_raw(any_bayer_phase=True)``.
+    offset: tuple[int, int] = (0, 0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,60 +106,101 @@ def cfa_string(raw: rawpy.RawPy, path: Path) -> str:
     Raises for anything that is not a 2x2 Bayer mosaic (X-Trans, linear/demosaiced DNG, 4-colour
     sensors), because packing such data into R, G, G, B would silently scramble the colours.
     """
-    pattern = raw.raw_pattern
+    try:
+        pattern = raw.raw_pattern
+    except NotImplementedError as exc:  # rawpy: a colour filter layout it cannot describe
+        raise RawReadError(
+            f"{path} has a colour filter layout rawpy cannot describe ({exc!s}). darkraw needs "
+            f"{NEEDED}."
+        ) from exc
     if pattern is None:
         raise RawReadError(
             f"{path} holds no colour filter mosaic (rawpy raw_pattern is None: a linear or "
-            "already-demosaiced file). darkraw needs an RGGB Bayer raw like the Sony a7S II's."
+            f"already-demosaiced file). darkraw needs {NEEDED}."
         )
     pattern = np.asarray(pattern)
     desc = raw.color_desc.decode("ascii", errors="replace")
     if pattern.shape != (2, 2):
         raise RawReadError(
             f"{path} is not a 2x2 Bayer mosaic (CFA pattern {pattern.shape[0]}x{pattern.shape[1]}, "
-            f"colours {desc!r}, e.g. Fuji X-Trans). darkraw needs an RGGB Bayer raw."
+            f"colours {desc!r}, e.g. Fuji X-Trans). darkraw needs {NEEDED}."
         )
     letters = "".join(desc[int(i)] if int(i) < len(desc) else "?" for i in pattern.ravel())
     if set(letters) - set("RGB"):
         raise RawReadError(
-            f"{path} has colour filter {letters!r} (colours {desc!r}), not R/G/B: darkraw needs an "
-            "RGGB Bayer raw."
+            f"{path} has colour filter {letters!r} (colours {desc!r}), not R/G/B: darkraw needs "
+            f"{NEEDED}."
         )
     return letters
 
 
-def _black_levels(raw: rawpy.RawPy) -> tuple[float, float, float, float]:
-    """Black level of each 2x2 site in packed order, from LibRaw's per-colour levels."""
+def _black_levels(raw: rawpy.RawPy,
+                  offset: tuple[int, int] = (0, 0)) -> tuple[float, float, float, float]:
+    """Black level of each 2x2 site in packed order, from LibRaw's per-colour levels.
+
+    ``offset`` is where the packed mosaic starts in the visible area (see :func:`bayer_offset`):
+    the sites, and so their levels, come in the order of the pattern shifted by it.
+    """
     per_colour = list(raw.black_level_per_channel)
-    pattern = np.asarray(raw.raw_pattern).ravel()
-    r, g0, g1, b = (float(per_colour[int(i)]) for i in pattern)
+    pattern = np.roll(np.asarray(raw.raw_pattern), (-offset[0], -offset[1]), axis=(0, 1))
+    r, g0, g1, b = (float(per_colour[int(i)]) for i in pattern.ravel())
     return (r, g0, g1, b)
 
 
-def read_raw(path: str | Path, multiple: int = CROP_MULTIPLE) -> RawFrame:
-    """Decode the visible mosaic of an RGGB Bayer raw, cropped to multiples of ``multiple``."""
+def bayer_offset(cfa: str) -> tuple[int, int] | None:
+    """(rows, columns) to drop at the top/left of a 2x2 Bayer layout so that it reads RGGB.
+
+    RGGB (0, 0), GRBG (0, 1), GBRG (1, 0), BGGR (1, 1). Anything else (e.g. ``"RGBG"``, its
+    greens in one column) has no such shift: None.
+    """
+    grid = (cfa[:2], cfa[2:])
+    for dy in (0, 1):
+        for dx in (0, 1):
+            shifted = "".join(grid[(y + dy) % 2][(x + dx) % 2] for y in (0, 1) for x in (0, 1))
+            if shifted == EXPECTED_CFA:
+                return dy, dx
+    return None
+
+
+def read_raw(path: str | Path, multiple: int = CROP_MULTIPLE, *,
+             any_bayer_phase: bool = False) -> RawFrame:
+    """Decode the visible mosaic of an RGGB Bayer raw, cropped to multiples of ``multiple``.
+
+    Training and evaluation keep insisting on RGGB (``any_bayer_phase=False``): their targets are
+    pixel-aligned with the mosaic, and a silent one-pixel shift would misalign every pair.
+    Restoring a user's file has no target, so ``any_bayer_phase=True`` also takes the other
+    three 2x2 Bayer layouts (BGGR, GRBG, GBRG): it drops one row and/or column at the top/left
+    so the mosaic starts at an R site, and records that in ``RawFrame.offset`` for the caller to
+    put back.
+    """
     path = Path(path)
     with open_raw(path) as raw:
         cfa = cfa_string(raw, path)
-        if cfa != EXPECTED_CFA:
+        offset = bayer_offset(cfa)
+        if not any_bayer_phase and offset != (0, 0):
+            offset = None
+        if offset is None:
+            allowed = "a 2x2 Bayer layout (RGGB, BGGR, GRBG or GBRG)" if any_bayer_phase else (
+                f"{EXPECTED_CFA} (the Sony a7S II layout the network's packed channels assume)")
             raise RawReadError(
-                f"{path} has CFA layout {cfa} at its top-left pixel, darkraw expects "
-                f"{EXPECTED_CFA} (the Sony a7S II layout the network's packed channels assume)."
+                f"{path} has CFA layout {cfa} at its top-left pixel, darkraw expects {allowed}."
             )
         visible = raw.raw_image_visible
-        h, w = cropped_shape(*visible.shape, multiple)
+        dy, dx = offset
+        h, w = cropped_shape(visible.shape[0] - dy, visible.shape[1] - dx, multiple)
         if h == 0 or w == 0:
             raise RawReadError(
                 f"{path} is {visible.shape[0]}x{visible.shape[1]} pixels: smaller than "
                 f"{multiple}x{multiple}, the smallest image the network accepts."
             )
-        mosaic = np.array(visible[:h, :w], dtype=np.uint16, copy=True)
+        mosaic = np.array(visible[dy:dy + h, dx:dx + w], dtype=np.uint16, copy=True)
         return RawFrame(
             path=path,
             mosaic=mosaic,
-            black_level=_black_levels(raw),
+            black_level=_black_levels(raw, offset),
             white_level=float(raw.white_level),
             visible_shape=(int(visible.shape[0]), int(visible.shape[1])),
+            offset=offset,
         )
 
 
