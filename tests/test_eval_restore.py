@@ -164,8 +164,8 @@ def test_eval_takes_an_unquoted_checkpoint_path_of_a_run_folder(
                     "data.persistent_workers=false", "data.progress=false",
                     f"paths.root_dir={tmp_path}", f"ckpt={ckpt}", "split=val", "max_images=1",
                     cwd=tmp_path)
-    # No output=: the reports go next to the checkpoints/ folder, inside the run folder.
-    summary = json.loads((ckpt.parents[1] / "eval-val" / "summary.json").read_text())
+    # No output=: the reports go into the run folder, one folder per checkpoint and split.
+    summary = json.loads((ckpt.parents[1] / "eval" / "last-val" / "summary.json").read_text())
     assert summary["ckpt"] == str(ckpt) and summary["images"] == 1
     assert cache.is_dir()
 
@@ -247,6 +247,70 @@ def test_restore_with_a_fixed_amplification_writes_one_image_per_file_named_by_i
                            "amplification=2.5", "tile_size=32", "tile_overlap=8", cwd=tmp_path)
     assert [p.name for p in (out / "b").iterdir()] == ["dark_x2p5.png"]
     assert "ignored" not in proc.stderr
+
+
+def test_restore_skips_a_bad_file_of_a_folder_and_fails_at_the_end_naming_it(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    """A PNG under a raw name between two raws: warned about and skipped, the others restored
+    and listed; the run then ends with one error line. The same file alone is its own error."""
+    raw = tmp_path / "raw"
+    write_dark_dngs(raw, ("a", "c"))
+    Image.new("RGB", (32, 32)).save(raw / "b.dng", format="PNG")
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
+                           f"output={out}", "tile_size=32", "tile_overlap=8", check=False,
+                           cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_m5.png", "c_m5.png"]
+    assert [line.split("  (amplification x")[0] for line in proc.stdout.splitlines()] == [
+        str(out / "a_m5.png"), str(out / "c_m5.png")]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"darkraw: warning: skipped {raw / 'b.dng'}: cannot decode")
+    assert lines[-1].startswith("darkraw: error: 1 of 3 files could not be restored: b.dng "
+                                "(cannot decode b.dng: LibRaw does not recognise it")
+
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw / 'b.dng'}",
+                           f"output={out}", check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"darkraw: error: cannot decode {raw / 'b.dng'}: LibRaw")
+
+
+def test_restore_shows_progress_over_tiles_on_stderr_and_lists_only_images_on_stdout(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    """One file, as on a terminal (rich's TTY_COMPATIBLE): the bar counts its tiles."""
+    [raw] = write_dark_dngs(tmp_path / "raw", ("dark",))
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
+                           f"output={out}", "m=[1,5]", "tile_size=32", "tile_overlap=8",
+                           cwd=tmp_path, TTY_COMPATIBLE="1", TTY_INTERACTIVE="1")
+    assert "restoring dark.dng (2 image(s) x 2 tile(s))" in proc.stderr
+    assert "4/4" in proc.stderr
+    assert [line.split("  (amplification x")[0] for line in proc.stdout.splitlines()] == [
+        str(out / "dark_m1.png"), str(out / "dark_m5.png")]
+
+
+def test_restore_checks_the_output_folder_before_restoring(random_checkpoint: Path,
+                                                           tmp_path: Path) -> None:
+    [raw] = write_dark_dngs(tmp_path / "raw", ("dark",))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
+                           f"output={a_file / 'sub'}", check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"darkraw: error: output={a_file / 'sub'} cannot be created or written (Not a "
+        "directory): give a folder you can write to"]
+
+
+def test_restore_help_explains_its_own_keys_not_train_groups() -> None:
+    proc = run_entry_point("restore.py", "--help")
+    assert "python restore.py ckpt=<checkpoint> input=<raw file or folder>" in proc.stdout
+    for key in ("ckpt", "input", "output", "m", "amplification", "format", "tile_size",
+                "tile_overlap", "device", "precision"):
+        assert f"\n  {key}=" in proc.stdout, key
+    assert "(default: 1024)" in proc.stdout and "Example:" in proc.stdout
+    assert "experiment" not in proc.stdout and "trainer" not in proc.stdout
 
 
 def test_eval_warns_when_its_amplification_differs_from_training(
