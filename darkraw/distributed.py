@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.fabric.plugins.environments import (
     LSFEnvironment,
@@ -51,6 +49,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
 from darkraw.resume import resolve_resume
+from datamodules.patch_stream import PatchStreamSampler
 
 log = logging.getLogger(__name__)
 
@@ -330,28 +329,6 @@ def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path,
 # --------------------------------------------------------------------------- callbacks
 
 
-class RankSeedOffset(L.Callback):
-    """Give each rank its own random stream for data augmentation: ``seed + global_rank``.
-
-    ``seed_everything`` seeds every rank identically (right for initialisation); random crops and
-    flips drawn from the global RNG (in the main process, or in workers whose seeds derive from
-    it) would then be identical on all ranks, step after step. Re-seeded at ``on_train_start``:
-    after the model exists and DDP has broadcast rank 0's weights, before the training
-    DataLoader's iterator (and its workers' base seed) is created.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size <= 1:
-            return
-        rank_seed = self.seed + trainer.global_rank
-        random.seed(rank_seed)
-        np.random.seed(rank_seed % 2**32)
-        torch.manual_seed(rank_seed)
-
-
 class RankReport(L.Callback):
     """One line in each rank's log and ``<output>/ranks/rank<k>.json``: who ran, where, on what.
 
@@ -371,7 +348,9 @@ class RankReport(L.Callback):
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
         indices: list[int] = []
-        if isinstance(sampler, DistributedSampler):
+        if isinstance(sampler, PatchStreamSampler):
+            indices = sampler.peek(self.max_indices)  # iterating would move its cursor
+        elif isinstance(sampler, DistributedSampler):
             indices = [int(i) for i in list(iter(sampler))[: self.max_indices]]
         batch = getattr(loader, "batch_size", None)
         datamodule = trainer.datamodule
@@ -409,6 +388,10 @@ class RankReport(L.Callback):
         self.path.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def distributed_callbacks(seed: int, output_dir: str | Path) -> list[L.Callback]:
-    """The callbacks every job gets; both do nothing in a single-process run."""
-    return [RankSeedOffset(seed), RankReport(output_dir)]
+def distributed_callbacks(output_dir: str | Path) -> list[L.Callback]:
+    """The callbacks every job gets; they do nothing in a single-process run.
+
+    No per-rank reseeding: the ranks' patches differ because each takes its own share of the
+    patch stream's sample numbers (datamodules/patch_stream.py), not by random state.
+    """
+    return [RankReport(output_dir)]

@@ -440,7 +440,7 @@ def train(cfg: DictConfig) -> RunSummary:
     if not cfg.trainer.get("enable_progress_bar", True):
         # `trainer.enable_progress_bar=false` is how users (and CI logs) ask for plain output.
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
-    callbacks += distributed_callbacks(cfg.seed, output_dir)
+    callbacks += distributed_callbacks(output_dir)
     loggers = build_loggers(cfg, output_dir, fresh=ckpt_path is None)
     if not loggers:
         # logger=none: the lr is still in every checkpoint; Lightning refuses the monitor.

@@ -22,6 +22,7 @@ from darkraw.errors import ConfigError
 from darkraw.log_once import log_once
 from datamodules.amplification import DEFAULT_M, MAX_AMPLIFICATION
 from datamodules.cache import AMPLIFICATION_MODES, CachedPair, CacheIndex, build_cache, open_cache
+from datamodules.patch_stream import PatchStreamSampler, pair_of_sample, sample_rng
 from datamodules.raw import CROP_MULTIPLE, normalise, pack_bayer, unpack_bayer
 from datamodules.sid_lists import PAIR_SOURCES
 
@@ -113,6 +114,9 @@ class SIDDataset(Dataset):
 
     Holds only cache paths and per-pair numbers, so it pickles cheaply into workers.
     A training "epoch" is ``length`` random patches (training counts iterations, not epochs).
+    Training indices are sample numbers of the run's patch stream, any number from 0 on: the
+    pair and the crop of sample ``n`` depend on ``(seed, n)`` alone (datamodules/patch_stream.py),
+    so a resumed run trains on the patches the uninterrupted one would have.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class SIDDataset(Dataset):
         transpose_prob: float = 0.0,
         length: int | None = None,
         full_image: bool = True,
+        seed: int = 0,
     ) -> None:
         if not pairs:
             raise ConfigError("SIDDataset got no pairs: the split is empty")
@@ -140,6 +145,7 @@ class SIDDataset(Dataset):
         self.transpose_prob = transpose_prob
         self.amplifications = [p.amplification(amplification, m, max_ratio) for p in self.pairs]
         self.length = length if length is not None else len(self.pairs)
+        self.seed = int(seed)
         if train or not full_image:
             for pair in self.pairs:
                 _, h, w = pair.short.shape
@@ -153,25 +159,30 @@ class SIDDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def plan(self, height: int, width: int) -> PatchPlan:
+    def plan(self, height: int, width: int, rng: np.random.Generator) -> PatchPlan:
         """Random even-offset crop and flips; a flipped axis reserves one extra packed line."""
         p = self.patch
-        draws = torch.rand(3).tolist()
-        vflip = draws[0] < self.vflip_prob and height > p
-        hflip = draws[1] < self.hflip_prob and width > p
-        transpose = draws[2] < self.transpose_prob
-        y = int(torch.randint(0, height - p - int(vflip) + 1, ()).item())
-        x = int(torch.randint(0, width - p - int(hflip) + 1, ()).item())
+        draws = rng.random(3)
+        vflip = bool(draws[0] < self.vflip_prob) and height > p
+        hflip = bool(draws[1] < self.hflip_prob) and width > p
+        transpose = bool(draws[2] < self.transpose_prob)
+        y = int(rng.integers(0, height - p - int(vflip) + 1))
+        x = int(rng.integers(0, width - p - int(hflip) + 1))
         return PatchPlan(y=y, x=x, hflip=hflip, vflip=vflip, transpose=transpose)
 
+    def pair_index(self, index: int) -> int:
+        if self.train:
+            return pair_of_sample(self.seed, index, len(self.pairs))
+        return index % len(self.pairs)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pair = self.pairs[index % len(self.pairs)]
-        amplification = self.amplifications[index % len(self.pairs)]
+        pair_index = self.pair_index(index)
+        pair, amplification = self.pairs[pair_index], self.amplifications[pair_index]
         short, long = pair.short.open(), pair.long.open()
         try:
             _, height, width = short.shape
             if self.train:
-                plan = self.plan(height, width)
+                plan = self.plan(height, width, sample_rng(self.seed, index))
                 packed, target = read_window(
                     short,
                     long,
@@ -190,16 +201,30 @@ class SIDDataset(Dataset):
                 packed, target = read_window(short, long, y, x, self.patch, self.patch)
         finally:
             del short, long  # unmap now: mapped pages would otherwise count in worker RSS
-        return _to_tensors(packed, target, pair, amplification)
+        item = _to_tensors(packed, target, pair, amplification)
+        if self.train:
+            # The sample number, so the data module can tell how far the stream was trained.
+            item["sample"] = torch.tensor(index, dtype=torch.int64)
+        return item
+
+
+#: Stop and requeue signals belong to the training process. ``timeout``, ``kill -- -PGID``, a
+#: terminal's Ctrl-C and SLURM (preemption, time limit, ``--signal=USR1@90``) signal the whole
+#: process group; a loader worker left at the default action dies, and the training loop, which
+#: is finishing its step to save ``last.ckpt``, then fails with "DataLoader worker is killed by
+#: signal" instead (callbacks/last_checkpoint.py). The main process ends its workers itself.
+WORKER_IGNORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
 
 
 def _worker_init(_worker_id: int) -> None:
-    """One intra-op thread per worker: workers already run in parallel. Ctrl-C is the main
-    process's: a terminal sends it to the workers too, which would end them under a training
-    loop that is finishing its step to save a checkpoint (callbacks/last_checkpoint.py). The
-    main process stops them itself when it ends."""
+    """One intra-op thread per worker (workers already run in parallel); stop signals are the
+    main process's (:data:`WORKER_IGNORED_SIGNALS`)."""
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in WORKER_IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- selection
@@ -314,6 +339,9 @@ class SIDDataModule(L.LightningDataModule):
         self.train_scenes: list[str] = []
         self.per_device_batch_size = batch_size
         self.datasets: dict[str, SIDDataset] = {}
+        # Training batches consumed so far, over every launch of the run: where the patch
+        # stream continues after a resume (saved in the checkpoint by ``state_dict``).
+        self.batches_trained = 0
 
     @staticmethod
     def _check(
@@ -386,6 +414,7 @@ class SIDDataModule(L.LightningDataModule):
                 vflip_prob=self.vflip_prob,
                 transpose_prob=self.transpose_prob,
                 length=length,
+                seed=self.seed,
                 **common,
             ),
             "val": SIDDataset(
@@ -412,7 +441,8 @@ class SIDDataModule(L.LightningDataModule):
         if message:
             log_once(log, logging.WARNING, message)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool,
+                sampler: PatchStreamSampler | None = None) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"call setup() before {split}_dataloader()")
         workers = self.num_workers
@@ -420,7 +450,8 @@ class SIDDataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
-            drop_last=shuffle,
+            sampler=sampler,
+            drop_last=sampler is not None,
             num_workers=workers,
             # Pinned memory only speeds up copies to a GPU; without one PyTorch warns each run.
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -429,7 +460,39 @@ class SIDDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.per_device_batch_size, shuffle=True)
+        trainer = getattr(self, "trainer", None)
+        sampler = PatchStreamSampler(
+            samples_per_epoch=len(self.datasets["train"]) if "train" in self.datasets else 0,
+            batch_per_rank=self.per_device_batch_size,
+            num_replicas=int(trainer.world_size) if trainer is not None else 1,
+            rank=int(trainer.global_rank) if trainer is not None else 0,
+            start_batch=self.batches_trained,
+        )
+        return self._loader("train", self.per_device_batch_size, shuffle=False, sampler=sampler)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Note how far the patch stream has been trained, from the batch's sample numbers.
+
+        Read off the samples rather than counted: Lightning also passes other inputs through
+        this hook (the model summary's example input), and a count would drift.
+        """
+        trainer = getattr(self, "trainer", None)
+        if (trainer is not None and trainer.training and isinstance(batch, Mapping)
+                and "sample" in batch):
+            global_batch = int(batch["sample"].max()) // self.batch_size
+            self.batches_trained = max(self.batches_trained, global_batch + 1)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_trained": self.batches_trained}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the patch stream after the batches the checkpoint's run had trained.
+
+        A checkpoint from before the patch stream existed has no count: the stream then starts
+        over at its first batch, as every resume did then.
+        """
+        self.batches_trained = int(state_dict.get("batches_trained", 0))
 
     def _eval_batch(self) -> int:
         return 1 if self.full_image_eval else self.per_device_batch_size

@@ -7,6 +7,7 @@ SIGTERMed as soon as their ``last.ckpt`` holds a new step, and relaunched.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -121,6 +122,13 @@ def assert_same_as_reference(folder: Path, reference: Path) -> None:
     # Every step trained and logged once, at the reference's learning rate, validated alike.
     assert [s for s, _ in column(rows, "train/loss")] == list(range(MAX_STEPS))
     assert column(rows, "lr-Adam") == column(ref_rows, "lr-Adam")
+    # ...on the same patches: the resumed segments continue the uninterrupted run's patch
+    # stream (datamodules/patch_stream.py) instead of replaying it from its first batch, so the
+    # losses and the weights are those of the run that was never stopped.
+    losses, ref_losses = column(rows, "train/loss"), column(ref_rows, "train/loss")
+    assert [v for _, v in losses] == pytest.approx([v for _, v in ref_losses], rel=1e-5)
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=1e-4, atol=1e-6)
     assert [s for s, _ in column(rows, "val/psnr")] == [s for s, _ in column(ref_rows, "val/psnr")]
 
 
@@ -153,9 +161,14 @@ def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_
     assert_same_as_reference(folder, reference)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes(synthetic_sid: Path, cache_dir: Path,
-                                                    tmp_path: Path) -> None:
-    """A first Ctrl-C saves last.ckpt at the step it stopped at (not the last periodic save)."""
+@pytest.mark.parametrize(("sig", "name", "status"), [(signal.SIGINT, "Ctrl-C", 130),
+                                                     (signal.SIGTERM, "SIGTERM", 143)])
+def test_a_stop_signal_to_the_process_group_saves_and_resumes(
+        synthetic_sid: Path, cache_dir: Path, tmp_path: Path, sig: signal.Signals, name: str,
+        status: int) -> None:
+    """Ctrl-C in a terminal, ``timeout``, ``kill -- -PGID`` and SLURM signal every process,
+    loader workers included: the run still saves last.ckpt at the step it stopped at (not the
+    last periodic save), and is recorded as interrupted, not failed."""
     args = [*command(synthetic_sid, cache_dir, tmp_path), "preflight.enabled=false",
             "trainer.max_steps=60", "trainer.val_check_interval=1000",
             "callbacks.last_checkpoint.every_n_train_steps=3",
@@ -172,20 +185,22 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(synthetic_sid: Path, cache_d
             assert proc.poll() is None, err.read_text()[-3000:]
             assert time.monotonic() < deadline, "no periodic last.ckpt in time"
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     stderr_text = err.read_text()
-    assert proc.returncode == 130, stderr_text[-3000:]
-    match = re.search(r"darkraw: stopped by Ctrl-C at step (\d+); resume point (\S+) at step "
+    assert proc.returncode == status, stderr_text[-3000:]
+    match = re.search(rf"darkraw: stopped by {name} at step (\d+); resume point (\S+) at step "
                       r"(\d+)\.", stderr_text)
     assert match, stderr_text[-3000:]
     assert "Traceback" not in stderr_text and "exited unexpectedly" not in stderr_text
     stopped_at = int(match.group(1))
     last = Path(match.group(2))
     assert int(match.group(3)) == stopped_at == load(last)["global_step"] < 60
+    job_status = json.loads((last.parent.parent / "job_status.json").read_text())
+    assert job_status["status"] == "interrupted"
 
     resumed = run_entry_point("train.py", *args)  # the same command continues
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + \

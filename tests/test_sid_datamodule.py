@@ -118,13 +118,14 @@ def test_train_samples_are_bayer_aligned_and_match_targets(coded: tuple[Path, Pa
     flips_seen = set()
     for index in range(len(dataset)):
         sample = dataset[index]
-        assert set(sample) == {"input", "target", "amplification", "name"}
+        assert set(sample) == {"input", "target", "amplification", "name", "sample"}
+        assert int(sample["sample"]) == index
         x, y = sample["input"], sample["target"]
         assert x.dtype == y.dtype == sample["amplification"].dtype == torch.float32
         assert x.shape == (4, 16, 16) and y.shape == (3, 32, 32)
         assert sample["amplification"].ndim == 0 and float(sample["amplification"]) == 100
         assert float(y.min()) >= 0 and float(y.max()) <= 1
-        pair = dataset.pairs[index % len(dataset.pairs)]
+        pair = dataset.pairs[dataset.pair_index(index)]
         assert sample["name"] == pair.name
         raw = np.rint(x.numpy() / 100 * (WHITE - BLACK) + BLACK).astype(np.int64)
         code = unpack_bayer(raw) - BLACK - 1
