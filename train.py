@@ -27,7 +27,7 @@ log = logging.getLogger("darkraw")
 def main(cfg: DictConfig) -> float:
     # Imported here so `--help` and config errors from Hydra come back instantly.
     from darkraw.training import is_multirun, job_overrides, optimized_value, train
-    from sweeps.job_status import JobStatus, failed_job_result
+    from sweeps.job_status import JobStatus, Terminated, failed_job_result
 
     # <job folder>/job_status.json says how this job ended (read by `python -m sweeps.compare`).
     status = JobStatus(cfg.paths.output_dir, job_overrides())
@@ -53,6 +53,12 @@ def main(cfg: DictConfig) -> float:
         print("\ndarkraw: interrupted (Ctrl-C) before training; the same command continues "
               "(a half-built cache is completed, finished entries are kept)", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated as error:  # SIGTERM outside trainer.fit (JobStatus's handler): exit 143
+        status.interrupted(error)
+        print("\ndarkraw: stopped by SIGTERM before training (data, cache or pre-flight check), "
+              f"exit status {error.code}; the same command continues (a half-built cache is "
+              "completed, finished entries are kept)", file=sys.stderr, flush=True)
+        raise
     except BaseException as error:  # Ctrl-C in fit (Lightning turns it into SystemExit), exit
         status.interrupted(error)
         raise

@@ -7,7 +7,10 @@ nothing said so. Every sign of that failure that can be measured cheaply is logg
   validations) has not improved by its ``min_delta`` for ``warn_after`` validations -> warning;
   for ``patience`` validations -> stop (``stop_on_plateau``). By default the stop needs *every*
   monitored metric to be stuck (``plateau_requires: all``), so a slow but real improvement in any
-  of them keeps a long run alive;
+  of them keeps a long run alive. Counts are validations since a metric last beat its *best* by
+  ``min_delta``; the first validation only sets the bests. A chance dip of the (noisy) training
+  loss below its best restarts its count, so ``patience`` is the earliest stop, not the usual
+  one: docs/training-health.md says by how much and which settings shorten it;
 - **collapse**: validation predictions with almost no spatial variation (``health/pred_std`` below
   ``min_pred_std``: the network outputs a constant) or mostly at the clamp limits
   (``health/saturated_fraction``, pixels within ``saturation_tolerance`` of 0 or 1, above

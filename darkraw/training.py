@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -42,18 +43,25 @@ from darkraw.distributed import (
     adapt_strategy,
     distributed_callbacks,
     release_ranks,
+    requeue_checkpoints,
     resume_checkpoint,
 )
 from darkraw.errors import ConfigError
 from darkraw.health import raise_if_unhealthy
-from darkraw.instantiate import instantiate_checked
+from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
 from darkraw.plots import plot_learning_curve
 from darkraw.preflight import run_preflight
+from darkraw.resume import check_resume_checkpoint
+from datamodules.raw import CROP_MULTIPLE
+from lightning_modules.config import LossConfig, build
+from lightning_modules.losses import ms_ssim_min_side
 from lightning_modules.module import RestorationModule
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+#: Set only by conf/callbacks/default.yaml: the callbacks group holds every default callback.
+CALLBACKS_COMPLETE = "_darkraw_callbacks_complete"
 
 
 @dataclass
@@ -114,16 +122,113 @@ def check_accelerator_available(accelerator: str) -> None:
         )
 
 
-def check_patch_fits_loss(patch_size: object, win_size: int, min_side: int) -> None:
-    """At start, not at the first training step (or in the pre-flight check's own settings):
-    MS-SSIM's five scales need crops larger than ``min_side`` (160 px with an 11-px window)."""
-    if isinstance(patch_size, int) and patch_size <= min_side:
-        smallest = (min_side // 32 + 1) * 32
+def check_patch_size(patch_size: object, win_size: int, min_side: int) -> None:
+    """At start, before the model is built: the model's summary image defaults to one training
+    patch, and its own check would blame ``model.summary_image_size`` for a bad
+    ``data.patch_size``. The crop side must be a multiple of 32 (the network downsamples by 32)
+    and, for MS-SSIM's five scales, larger than ``min_side`` (160 px with an 11-px window);
+    otherwise the loss fails at the first training step (or in the pre-flight check)."""
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool):
+        return  # the data group's type check names it
+    smallest = (min_side // CROP_MULTIPLE + 1) * CROP_MULTIPLE
+    if patch_size % CROP_MULTIPLE or patch_size < CROP_MULTIPLE:
+        raise ConfigError(
+            f"data.patch_size={patch_size} must be a multiple of {CROP_MULTIPLE} (full-resolution "
+            f"pixels; the network downsamples by {CROP_MULTIPLE}) and larger than {min_side} px "
+            f"for the loss (loss.win_size={win_size}): e.g. {smallest}, {smallest + 64} or 512 "
+            "(the paper)"
+        )
+    if patch_size <= min_side:
         raise ConfigError(
             f"data.patch_size={patch_size} is too small for the loss: MS-SSIM over 5 scales with "
             f"loss.win_size={win_size} needs crops larger than {min_side} px; use a multiple of "
             f"32 from {smallest} (the paper: 512), or a smaller loss.win_size"
         )
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Wrong-type settings (``data.batch_size=abc``) in one line instead of the traceback of a
+    comparison deep inside the target; the types are those of the targets' signatures."""
+    check_argument_types(cfg.trainer)
+    check_argument_types(cfg.data)
+    # The model group is not instantiated from its node: its keys are RestorationModule's.
+    check_values(RestorationModule, cfg.model, prefix="model")
+
+
+def device_count(trainer_cfg: Mapping[str, Any]) -> int | None:
+    """Processes per node that ``trainer.devices`` asks for, as Lightning counts them; None
+    where that depends on what Lightning finds (an unknown accelerator)."""
+    devices = trainer_cfg.get("devices", "auto")
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text.lstrip("-").isdigit():
+            devices = int(text)
+        elif text != "auto":
+            # "0,1" or "0," lists GPU indices, as Lightning parses them.
+            return len([part for part in text.split(",") if part.strip()]) or None
+    if isinstance(devices, list | tuple) or OmegaConf.is_list(devices):
+        return len(devices) or None
+    if isinstance(devices, bool) or not (isinstance(devices, int) or devices == "auto"):
+        return None
+    gpus = torch.cuda.device_count() or int(torch.backends.mps.is_available())
+    if accelerator == "auto":
+        accelerator = "gpu" if gpus else "cpu"
+    if accelerator == "cpu":
+        # Lightning's CPU accelerator: 'auto' is one process, -1 one per core.
+        return 1 if devices == "auto" else (os.cpu_count() or 1) if devices == -1 else devices
+    if accelerator in ("gpu", "cuda", "mps"):
+        return gpus if devices in ("auto", -1) else devices
+    return devices if isinstance(devices, int) and devices > 0 else None
+
+
+def check_batch_divides(data_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> None:
+    """The datamodule checks this in ``setup``: after the pre-flight check (on SID, the cache
+    build) and after Lightning started the other ranks. The world size is known from the config
+    already, so check it at start, in the datamodule's words."""
+    batch = data_cfg.get("batch_size")
+    devices, nodes = device_count(trainer_cfg), trainer_cfg.get("num_nodes", 1)
+    if (not isinstance(batch, int) or batch < 1 or devices is None or devices < 1
+            or not isinstance(nodes, int) or nodes < 1):
+        return
+    world = devices * nodes
+    if batch % world:
+        raise ConfigError(
+            f"data.batch_size={batch} is the global batch and must divide evenly over {world} "
+            f"devices; use a multiple of {world}"
+        )
+
+
+def check_callbacks_group(cfg: DictConfig) -> None:
+    """Refuse ``callbacks=<one file>``: it replaces the whole group, so checkpointing, resume
+    and the health alarms would silently be gone. Only ``conf/callbacks/default.yaml`` (or a
+    file made to replace it) sets :data:`CALLBACKS_COMPLETE`."""
+    callbacks = cfg.get("callbacks")
+    if callbacks is None or callbacks.get(CALLBACKS_COMPLETE):
+        return  # `~callbacks` (or `callbacks: null` in a defaults list): none, deliberately
+    chosen = ", ".join(callbacks.keys()) or "?"
+    if HydraConfig.initialized():
+        chosen = HydraConfig.get().runtime.choices.get("callbacks") or chosen
+    defaults = callback_files(exclude=str(chosen))
+    listed = f" ({', '.join(defaults)})" if defaults else ""
+    raise ConfigError(
+        f"callbacks={chosen} replaces all default callbacks{listed}: to change "
+        "one, override it instead (callbacks.image_panel=null to drop one, "
+        "callbacks.lr_monitor.logging_interval=epoch to change a setting). A file meant to "
+        f"replace the whole group sets {CALLBACKS_COMPLETE}: true, as conf/callbacks/default.yaml"
+        " does"
+    )
+
+
+def callback_files(exclude: str) -> list[str]:
+    """The callbacks group's options other than ``default`` (one per callback), as Hydra sees
+    them: the config folder is the one source of their names."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    options = GlobalHydra.instance().config_loader().get_group_options("callbacks")
+    return [name for name in options if name not in ("default", exclude)]
 
 
 def check_train_metrics_interval(model_cfg: Mapping[str, Any],
@@ -155,7 +260,8 @@ def instantiate_named(group: DictConfig | None) -> list[Any]:
     """Instantiate every non-null ``{name: {_target_: ...}}`` entry of a config group."""
     if not group:
         return []
-    return [instantiate_checked(node) for node in group.values() if node and "_target_" in node]
+    return [instantiate_checked(node) for name, node in group.items()
+            if not str(name).startswith("_") and node and "_target_" in node]
 
 
 def is_multirun() -> bool:
@@ -418,20 +524,31 @@ def train(cfg: DictConfig) -> RunSummary:
     quiet_library_noise()
     route_lightning_logs_through_hydra()
     output_dir = Path(cfg.paths.output_dir)
+    check_callbacks_group(cfg)
     check_trainer_config(cfg.trainer)
+    # Before the groups that interpolate it (data.seed: ${seed}), so the message names `seed`.
+    seed = check_seed(cfg.seed)
+    check_types(cfg)
     check_train_metrics_interval(cfg.model, cfg.trainer)
+    check_batch_divides(cfg.data, cfg.trainer)
     strategy_note = adapt_strategy(cfg.trainer)
     if strategy_note:
         log.info(strategy_note)
+    # Before the model: its summary image defaults to one patch, and its check would blame that.
+    loss_cfg: LossConfig = build(LossConfig, OmegaConf.to_container(cfg.loss, resolve=True),
+                                 "loss")
+    check_patch_size(cfg.data.get("patch_size"), loss_cfg.win_size,
+                     ms_ssim_min_side(loss_cfg.win_size))
     # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
-    L.seed_everything(check_seed(cfg.seed), workers=True)
+    L.seed_everything(seed, workers=True)
     module = build_module(cfg)
-    check_patch_fits_loss(cfg.data.get("patch_size"), module.loss_cfg.win_size,
-                          module.criterion.min_side)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
-    ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir,
-                                  Path(cfg.trainer.get("default_root_dir") or output_dir),
+    requeue_dir = Path(cfg.trainer.get("default_root_dir") or output_dir)
+    ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir, requeue_dir,
                                   run_dir=output_dir)
+    # Lightning would end in torch's traceback on a damaged file; say which and what to do.
+    check_resume_checkpoint(ckpt_path, [*sorted(ckpt_dir.glob("*.ckpt")),
+                                        *requeue_checkpoints(requeue_dir)])
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
 

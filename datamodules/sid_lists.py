@@ -136,11 +136,13 @@ def _relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _make_pair(short: Path, long: Path, root: Path, where: str) -> SIDPair:
+def _make_pair(short: Path, long: Path, root: Path) -> SIDPair:
+    """The pair, or an error that says what is wrong without saying where: each caller knows
+    where it read the pair (a list file's line, a scanned file) and names it once."""
     short_name, long_name = parse_sid_name(short), parse_sid_name(long)
     if short_name.scene != long_name.scene:
         raise SIDLayoutError(
-            f"{where}: short file {short.name} (scene {short_name.scene}) is paired with "
+            f"short file {short.name} (scene {short_name.scene}) is paired with "
             f"{long.name} (scene {long_name.scene}); a pair must share its scene id"
         )
     return SIDPair(
@@ -182,7 +184,7 @@ def parse_list_file(path: str | Path, root: str | Path) -> list[SIDPair]:
                     f"'{kind}' folder (are the two columns swapped?)"
                 )
         try:
-            pair = _make_pair(short, long, _join(root, "."), where)
+            pair = _make_pair(short, long, _join(root, "."))
         except SIDLayoutError as exc:
             raise SIDLayoutError(f"{where}: malformed line {stripped!r}: {exc}") from exc
         except ValueError as exc:  # relative_to: path escapes the root
@@ -243,7 +245,10 @@ def pairs_from_authors(root: str | Path) -> dict[Split, list[SIDPair]]:
                     f"{AUTHORS_SHOT:02d}; remove the extra files"
                 )
             candidates = first
-        pair = _make_pair(path, candidates[0][0], root, str(path))
+        try:
+            pair = _make_pair(path, candidates[0][0], root)
+        except SIDLayoutError as exc:
+            raise SIDLayoutError(f"{path}: {exc}") from exc
         by_split[name.split].append(pair)
     paired = {pair.scene for pairs in by_split.values() for pair in pairs}
     left_out = sorted(set(longs) - paired)

@@ -7,11 +7,13 @@ check here runs at start-up, before any data is read, and names the key and what
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from darkraw.errors import ConfigError
+from darkraw.instantiate import type_message
 from lightning_modules.network import RDB_VARIANTS
 
 
@@ -76,15 +78,55 @@ class SchedulerConfig:
         _check(self.min_lr >= 0, "scheduler.min_lr", self.min_lr, "must be >= 0")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    """An integer, or a float with no fraction: Hydra reads ``5e5`` as 500000.0."""
+    return _is_number(value) and float(value).is_integer()  # type: ignore[arg-type]
+
+
+#: What each field type accepts, and how a message says it. Checked before ``validate``, whose
+#: comparisons would otherwise fail on a string with TypeError's traceback (optimizer.lr=abc).
+#: String fields are left to ``validate``, which lists the allowed values.
+_FIELD_TYPES: dict[Any, tuple[Any, str]] = {
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_is_number, "a number"),
+    tuple[float, float]: (lambda v: isinstance(v, list | tuple) and len(v) == 2
+                          and all(_is_number(b) for b in v), "a list of two numbers"),
+    list[int]: (lambda v: isinstance(v, list | tuple) and all(_whole(m) for m in v),
+                "a list of whole numbers"),
+}
+
+
+def _check_types(cls: type, values: Mapping[str, Any], group: str) -> None:
+    """Each value against its field's annotation, with the key, the value and an example."""
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default if f.default is not MISSING
+                else f.default_factory()  # type: ignore[misc]
+                for f in fields(cls)}
+    for key, value in values.items():
+        if hints[key] not in _FIELD_TYPES:
+            continue
+        accepts, wanted = _FIELD_TYPES[hints[key]]
+        if not accepts(value):
+            example = defaults[key]
+            raise ConfigError(type_message(f"{group}.{key}", value, wanted,
+                                           list(example) if isinstance(example, tuple)
+                                           else example))
+
+
 def build(cls: type, values: Mapping[str, Any] | None, group: str) -> Any:
-    """Make a validated settings object, rejecting unknown keys by name."""
+    """Make a validated settings object, rejecting unknown keys and wrong types by name."""
     values = dict(values or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in '{group}'; allowed: {sorted(known)}")
+    _check_types(cls, values, group)
     if "betas" in values:
-        values["betas"] = tuple(values["betas"])
+        values["betas"] = tuple(float(b) for b in values["betas"])
     if "milestones" in values:
         values["milestones"] = [int(m) for m in values["milestones"]]
     obj = cls(**values)

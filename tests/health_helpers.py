@@ -152,3 +152,15 @@ class RankPoison(L.Callback):
                              batch: Any, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             batch["input"][0, 0, 0, 0] = float("nan")
+
+
+class FailAtLearningRate(L.Callback):
+    """A bug that is not a darkraw error: a plain RuntimeError at train start, only in the job
+    whose learning rate is ``lr`` (a sweep axis picks the job)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.optimizers[0].param_groups[0]["lr"] == self.lr:
+            raise RuntimeError(f"simulated bug at lr {self.lr}")

@@ -107,3 +107,39 @@ def test_every_rank_votes_at_every_validation_whatever_it_saw() -> None:
             health._check_plateau(trainer, {"val/psnr": value, "val/ssim": 0.5}, index)
         assert len(votes) == before + 2, index
     assert votes[-1] is True  # stalled for patience validations: the plateau vote says stop
+
+
+def plateau_alarms(losses: list[float], **overrides: object) -> tuple[int | None, int | None]:
+    """The validation (1-based) of the first plateau warning and of the stop, for a run whose
+    validation metrics never move and whose mean training loss is ``losses``."""
+    from types import SimpleNamespace
+
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda flag, all: flag)
+    trainer = SimpleNamespace(strategy=strategy, should_stop=False, global_step=0)
+    health = LearningHealth(**learning_health_config(**overrides))
+    warned = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for validation, loss in enumerate(losses, start=1):
+            health._loss_sum, health._loss_count = loss, 1
+            health._check_plateau(trainer, {"val/psnr": 20.0, "val/ssim": 0.5}, validation)
+            if warned is None and any("training looks stuck" in str(w.message) for w in caught):
+                warned = validation
+            if trainer.should_stop:
+                return warned, validation
+    return warned, None
+
+
+def test_plateau_counts_validations_since_each_metrics_best() -> None:
+    """What docs/training-health.md says: the first validation sets the bests, so a flat run is
+    warned at validation warn_after + 1 and stopped at patience + 1; a training loss that beats
+    its best by min_delta by chance restarts the count (plateau_requires: all); a min_delta
+    above that noise, or no train/loss monitor, gives the flat run's numbers back."""
+    flat = [0.1] * 60
+    assert plateau_alarms(flat) == (6, 21)
+    dip = [*flat[:9], 0.0985, *flat[10:]]  # noise: 0.0015 under the best at validation 10
+    assert plateau_alarms(dip) == (6, 30)  # the count restarts at 10: stop 20 later
+    monitors = learning_health_config()["monitors"]
+    wider = {**monitors, "train/loss": {"mode": "min", "min_delta": 0.005}}
+    assert plateau_alarms(dip, monitors=wider) == (6, 21)
+    assert plateau_alarms(dip, monitors={**monitors, "train/loss": None}) == (6, 21)

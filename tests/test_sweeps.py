@@ -261,17 +261,19 @@ def test_rdb_multirun_then_comparison(synthetic_sid: Path, cache_dir: Path,
 @pytest.mark.slow
 def test_one_failing_job_does_not_stop_the_sweep(synthetic_sid: Path, cache_dir: Path,
                                                  tmp_path: Path) -> None:
-    """A DarkrawError (lr -1) and a plain TypeError (lr 'bogus') first, then a good job."""
+    """A DarkrawError (lr -1) and a plain RuntimeError (a bug, at lr 7e-4) first, then a good
+    job."""
     sweep = tmp_path / "sweep"
-    proc = run_entry_point("train.py", "-m", "optimizer.lr=-1,bogus,0.0005",
-                           f"hydra.sweep.dir={sweep}",
+    proc = run_entry_point("train.py", "-m", "optimizer.lr=-1,0.0007,0.0005",
+                           "+callbacks.bug._target_=tests.health_helpers.FailAtLearningRate",
+                           "+callbacks.bug.lr=0.0007", f"hydra.sweep.dir={sweep}",
                            *fast(synthetic_sid, cache_dir, tmp_path, "trainer.max_steps=2"),
                            timeout=400)
     assert proc.returncode == 0
     by_lr = {dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]: j
              for j in job_dirs(sweep)}
-    assert set(by_lr) == {"-1", "bogus", "0.0005"}
-    for lr, error_type in (("-1", "ConfigError"), ("bogus", "TypeError")):
+    assert set(by_lr) == {"-1", "0.0007", "0.0005"}
+    for lr, error_type in (("-1", "ConfigError"), ("0.0007", "RuntimeError")):
         job = by_lr[lr]
         status = read_status(job)
         assert status["status"] == "failed" and status["error_type"] == error_type
@@ -287,7 +289,7 @@ def test_one_failing_job_does_not_stop_the_sweep(synthetic_sid: Path, cache_dir:
                           timeout=120).returncode == 0
     table = {r["optimizer.lr"]: r for r in read_table(sweep).values()}
     assert table["-1"]["status"] == "failed" and "must be > 0" in table["-1"]["error"]
-    assert table["bogus"]["status"] == "failed"
+    assert table["0.0007"]["status"] == "failed"
     assert table["0.0005"]["status"] == "completed"
     assert "## Jobs that did not finish" in (sweep / "comparison.md").read_text()
 

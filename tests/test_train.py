@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import re
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +20,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lightning_modules.module import RestorationModule
-from tests.helpers import FAST_TRAIN, REPO, fixture_data_overrides, run_entry_point
+from tests.helpers import (
+    FAST_TRAIN,
+    REPO,
+    fixture_data_overrides,
+    run_entry_point,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -140,16 +151,94 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
                                               "data.patch_size, squared) is not allowed: give "
                                               "[height, width]"),
         ("seed=abc", "seed='abc' must be a whole number in [0, 2**32)"),
+        # Wrong types: named by key, not a TypeError from a comparison inside the target.
+        ("data.batch_size=abc", "data.batch_size='abc' must be an integer, not a string "
+                                "(e.g. data.batch_size=8)"),
+        ("data.fraction=abc", "data.fraction='abc' must be a number, not a string"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' must be a number, not a string "
+                             "(e.g. optimizer.lr=0.0001)"),
+        ("scheduler.milestones=[abc]", "scheduler.milestones=['abc'] must be a list of whole "
+                                       "numbers"),
+        # The patch size, not the model summary that defaults to it.
+        ("data.patch_size=200", "data.patch_size=200 must be a multiple of 32 (full-resolution "
+                                "pixels; the network downsamples by 32) and larger than 160 px"),
+        # Before the pre-flight check (on SID: the cache build) and before rank 1 is started.
+        ("data.batch_size=3 trainer=ddp trainer.devices=2 trainer.accelerator=cpu",
+         "data.batch_size=3 is the global batch and must divide evenly over 2 devices; use a "
+         "multiple of 2"),
+        # One callback file as the whole group would drop checkpoints, resume and the alarms.
+        ("callbacks=lr_monitor", "callbacks=lr_monitor replaces all default callbacks ("),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
                                                        tmp_path: Path) -> None:
-    proc = run_entry_point("train.py", override, f"paths.root_dir={tmp_path}", check=False,
-                           timeout=120)
+    proc = run_entry_point("train.py", *override.split(), f"paths.root_dir={tmp_path}",
+                           check=False, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("darkraw: error:") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # failed before generating or caching any data
+    assert "Initializing distributed" not in proc.stdout + proc.stderr  # no rank was started
+
+
+def test_a_damaged_last_checkpoint_is_named_with_what_to_do(synthetic_sid: Path,
+                                                            tmp_path: Path) -> None:
+    """A truncated last.ckpt: one line naming it and the ways out, not torch's traceback; the
+    copy it suggests resumes."""
+    args = (*FAST_TRAIN, "trainer.max_steps=2", "logger=none", "preflight.enabled=false",
+            "callbacks.image_panel=null", *data_overrides(synthetic_sid, tmp_path))
+    run_entry_point("train.py", *args)
+    checkpoints = only_run_dir(tmp_path) / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    (best,) = checkpoints.glob("best-*.ckpt")
+    with last.open("r+b") as handle:
+        handle.truncate(100_000)  # what `truncate -s 100000 last.ckpt` does
+
+    proc = run_entry_point("train.py", *args, check=False, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("darkraw: error:") == 1
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("darkraw: error:"))
+    assert f"the checkpoint to resume from, {last}, is damaged and cannot be read" in line
+    assert "PytorchStreamReader failed reading zip archive" in line
+    assert "start over with resume=false" in line
+    assert f"cp {best} {last}" in line and f"(intact: {best.name})" in line
+
+    shutil.copyfile(best, last)  # as the message says
+    resumed = run_entry_point("train.py", *args)
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+
+
+def test_sigterm_before_training_says_so_and_exits_143(synthetic_sid: Path,
+                                                       tmp_path: Path) -> None:
+    """SIGTERM while the cache is being built (JobStatus's handler, not Lightning's): a
+    ``darkraw:`` line on the console, as for Ctrl-C, besides the record in job_status.json."""
+    from datamodules.cache import LOCK_NAME
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    command = [sys.executable, "train.py", *FAST_TRAIN, "logger=none", "data.progress=false",
+               *data_overrides(synthetic_sid, tmp_path)]
+    # Holding the cache's build lock makes train.py wait in the cache build, before training.
+    with open(cache / LOCK_NAME, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 5)
+            line = process.stdout.readline() if ready else ""
+            seen.append(line)
+            if "another process is building the darkraw cache" in line or process.poll():
+                break
+        assert "another process is building" in seen[-1], "".join(seen)[-3000:]
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, out[-3000:]
+    assert "darkraw: stopped by SIGTERM before training" in out and "Traceback" not in out
+    record = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())
+    assert record["status"] == "interrupted" and record["error_type"] == "Terminated"
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
@@ -236,6 +325,8 @@ def test_help_names_every_group_launcher_and_named_sweep() -> None:
     launchers = "|".join(["basic", *sorted(p.stem for p in (REPO / "conf/hydra/launcher")
                                            .glob("*.yaml"))])
     assert f"hydra/launcher={launchers}" in proc.stdout
+    # The callbacks group's other names are parts of `default`, not alternatives to it.
+    assert "callbacks: only `default` is a choice" in proc.stdout
     sweeps = sorted(p.stem for p in (REPO / "sweeps/conf/sweep").glob("*.yaml"))
     named = re.search(r"\+sweep=(\S+)", proc.stdout)
     assert named and sorted(named.group(1).split("|")) == sweeps

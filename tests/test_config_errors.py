@@ -1,0 +1,280 @@
+"""Start-up checks that turn a wrong setting into one line naming the key, in-process and fast.
+
+tests/test_train.py runs the same checks through the real train.py (exit status, no traceback,
+no data touched); here each check's rules are pinned case by case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import darkraw.resolvers  # noqa: F401  (the resolvers the composed configs use)
+from darkraw.errors import ConfigError, DataError
+from darkraw.instantiate import check_argument_types, parameter_types, scalar_kinds
+from darkraw.resume import check_resume_checkpoint
+from darkraw.training import (
+    CALLBACKS_COMPLETE,
+    check_batch_divides,
+    check_callbacks_group,
+    check_patch_size,
+    device_count,
+    instantiate_named,
+)
+from datamodules.sid_datamodule import SIDDataModule, SyntheticSIDDataModule
+from datamodules.sid_lists import SIDLayoutError, parse_list_file
+from lightning_modules.config import LossConfig, OptimizerConfig, SchedulerConfig, build
+from tests.helpers import REPO, run_entry_point
+
+
+@pytest.fixture(scope="module")
+def composer() -> Iterator[Any]:
+    """``compose("train", overrides)`` on the real conf/ folder."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        yield lambda *overrides: compose("train", overrides=[*overrides, "paths.root_dir=/x"])
+
+
+# ----------------------------------------------------------------------------- value types
+
+#: The data settings whose type the check knows, from the DataModule's own signature.
+TYPED_DATA_KEYS = sorted(name for name, (kinds, _) in parameter_types(SIDDataModule).items()
+                         if kinds is not None)
+
+
+def test_the_typed_data_keys_come_from_the_signature() -> None:
+    assert {"batch_size", "patch_size", "num_workers", "m", "max_ratio", "fraction", "seed",
+            "patches_per_epoch", "val_max_images", "hflip_prob", "vflip_prob",
+            "transpose_prob"} <= set(TYPED_DATA_KEYS)
+    # The synthetic module passes **kwargs on: it takes its parent's parameters and types.
+    assert parameter_types(SyntheticSIDDataModule)["batch_size"] == (frozenset({int}), 8)
+    assert parameter_types(SyntheticSIDDataModule)["synthetic"][0] is None  # a mapping
+
+
+@pytest.mark.parametrize("data", ["synthetic", "sid"])
+@pytest.mark.parametrize("key", TYPED_DATA_KEYS)
+def test_a_string_in_any_typed_data_key_is_named(composer: Any, data: str, key: str) -> None:
+    cfg = composer(f"data={data}", f"data.{key}=abc")
+    with pytest.raises(ConfigError, match=rf"^data\.{key}='abc' must be .*, not a string"):
+        check_argument_types(cfg.data)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.batch_size=2.5", "data.batch_size=2.5 must be an integer (e.g. data.batch_size=8)"),
+    ("data.hflip_prob=true", "data.hflip_prob=true must be a number, not true or false"),
+    ("data.pin_memory=1", "data.pin_memory=1 must be true or false (e.g. data.pin_memory=true)"),
+    ("data.val_max_images=[1]", "data.val_max_images=[1] must be an integer or null, not a list"),
+    ("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps='abc' must be an integer or "
+                                      "null, not a string"),
+])
+def test_wrong_types_say_what_is_allowed(composer: Any, override: str, message: str) -> None:
+    cfg = composer(override)
+    group = cfg[override.split(".")[0]]
+    with pytest.raises(ConfigError) as caught:
+        check_argument_types(group)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("overrides", [
+    (), ("experiment=paper",), ("experiment=ablation_baseline",), ("data=sid",),
+    ("trainer=ddp",), ("trainer=gpu",), ("trainer=cpu",),
+    ("data.m=5", "data.fraction=1", "data.patches_per_epoch=100", "data.cache_workers=null"),
+])
+def test_every_shipped_config_passes(composer: Any, overrides: tuple[str, ...]) -> None:
+    cfg = composer(*overrides)
+    for node in (cfg.data, cfg.trainer, cfg.checkpoint_io, *cfg.callbacks.values()):
+        check_argument_types(node)
+
+
+def test_only_plain_scalar_annotations_are_checked() -> None:
+    assert scalar_kinds(int | None) == frozenset({int, type(None)})
+    assert scalar_kinds(float) == frozenset({float})
+    assert scalar_kinds(int | str) is None  # a string is allowed: not this check's business
+    assert scalar_kinds(Literal["step", "epoch"]) is None
+    assert scalar_kinds(list[int]) is None
+
+
+@pytest.mark.parametrize(("cls", "group", "values", "message"), [
+    (OptimizerConfig, "optimizer", {"lr": "abc"},
+     "optimizer.lr='abc' must be a number, not a string (e.g. optimizer.lr=0.0001)"),
+    (OptimizerConfig, "optimizer", {"betas": 0.9},
+     "optimizer.betas=0.9 must be a list of two numbers (e.g. optimizer.betas=[0.9, 0.999])"),
+    (OptimizerConfig, "optimizer", {"betas": [0.9, "x"]},
+     "optimizer.betas=[0.9, 'x'] must be a list of two numbers"),
+    (SchedulerConfig, "scheduler", {"milestones": ["abc"]},
+     "scheduler.milestones=['abc'] must be a list of whole numbers"),
+    (SchedulerConfig, "scheduler", {"milestones": [2.5]},
+     "scheduler.milestones=[2.5] must be a list of whole numbers"),
+    (SchedulerConfig, "scheduler", {"gamma": True},
+     "scheduler.gamma=true must be a number, not true or false"),
+    (LossConfig, "loss", {"win_size": 11.5}, "loss.win_size=11.5 must be an integer"),
+])
+def test_model_groups_name_wrong_types(cls: type, group: str, values: dict[str, Any],
+                                       message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(cls, values, group)
+    assert str(caught.value).startswith(message)
+
+
+def test_model_groups_keep_accepting_what_hydra_writes() -> None:
+    # `scheduler.milestones=[5e5]` is a float to Hydra; `loss.ms_ssim_weight=1` an int.
+    assert build(SchedulerConfig, {"milestones": [5e5]}, "scheduler").milestones == [500_000]
+    assert build(LossConfig, {"ms_ssim_weight": 1}, "loss").ms_ssim_weight == 1
+    assert build(OptimizerConfig, {"betas": [0, 0.5]}, "optimizer").betas == (0.0, 0.5)
+
+
+# ----------------------------------------------------------------------------- patch size
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    (200, "data.patch_size=200 must be a multiple of 32"),
+    (16, "data.patch_size=16 must be a multiple of 32"),
+    (160, "data.patch_size=160 is too small for the loss"),
+    (192, None),
+    ("abc", None),  # the data group's type check names it
+])
+def test_the_patch_size_is_checked_as_itself(patch: object, message: str | None) -> None:
+    if message is None:
+        check_patch_size(patch, 11, 160)
+        return
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        check_patch_size(patch, 11, 160)
+
+
+# ---------------------------------------------------------------------- devices and batch
+
+
+@pytest.mark.parametrize(("trainer", "count"), [
+    ({"accelerator": "cpu", "devices": 2}, 2),
+    ({"accelerator": "cpu", "devices": "auto"}, 1),
+    ({"accelerator": "cpu", "devices": -1}, os.cpu_count()),
+    ({"accelerator": "cpu", "devices": "3"}, 3),
+    ({"accelerator": "gpu", "devices": [0, 1, 3]}, 3),
+    ({"accelerator": "gpu", "devices": "0,1"}, 2),
+    ({"accelerator": "gpu", "devices": 4}, 4),
+    ({"accelerator": "tpu", "devices": "auto"}, None),  # Lightning decides: skip the check
+])
+def test_devices_are_counted_as_lightning_counts_them(trainer: dict[str, Any],
+                                                      count: int | None) -> None:
+    assert device_count(OmegaConf.create(trainer)) == count
+
+
+def test_the_global_batch_must_divide_over_every_device_of_every_node() -> None:
+    data = {"batch_size": 6}
+    check_batch_divides(data, {"accelerator": "cpu", "devices": 2, "num_nodes": 3})
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=6 is the global batch and must "
+                                          r"divide evenly over 4 devices; use a multiple of 4$"):
+        check_batch_divides(data, {"accelerator": "cpu", "devices": 2, "num_nodes": 2})
+    check_batch_divides({"batch_size": "abc"}, {"devices": 2})  # the type check's business
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def test_one_callback_file_as_the_whole_group_is_refused(composer: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^callbacks=lr_monitor replaces all default "
+                                          r"callbacks \(.*last_checkpoint.*\): to change one"):
+        check_callbacks_group(composer("callbacks=lr_monitor"))
+    for fine in ((), ("~callbacks.image_panel",), ("callbacks.lr_monitor=null",)):
+        check_callbacks_group(composer(*fine))
+
+
+def test_the_completeness_marker_is_not_taken_for_a_callback(composer: Any) -> None:
+    cfg: DictConfig = composer("callbacks.image_panel=null", "callbacks.lr_monitor=null",
+                               "callbacks.progress_bar=null")
+    assert cfg.callbacks[CALLBACKS_COMPLETE] is True
+    with open_dict(cfg):
+        cfg.callbacks.last_checkpoint.dirpath = "/x/checkpoints"
+        cfg.callbacks.model_checkpoint.dirpath = "/x/checkpoints"
+        cfg.callbacks.image_panel = None
+    names = sorted(type(cb).__name__ for cb in instantiate_named(cfg.callbacks))
+    assert names == ["BestCheckpoint", "LastCheckpoint", "LearningHealth", "NanGuard",
+                     "Throughput"]
+
+
+# ---------------------------------------------------------------------- resume checkpoint
+
+
+def _checkpoint(path: Path, step: int) -> Path:
+    """A torch.save archive like a checkpoint (the format is what matters here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {"w": torch.randn(64, 64)}}, path)
+    return path
+
+
+def _damage(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def test_a_damaged_last_checkpoint_names_the_intact_ones(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    last, best = _checkpoint(folder / "last.ckpt", 9), _checkpoint(folder / "best-a.ckpt", 6)
+    other = _checkpoint(folder / "best-b.ckpt", 3)
+    check_resume_checkpoint(last, [last, best, other])  # all intact: nothing to say
+    _damage(last)
+    _damage(other)
+    with pytest.raises(DataError) as caught:
+        check_resume_checkpoint(last, [last, best, other])
+    message = str(caught.value)
+    assert message.startswith(f"the checkpoint to resume from, {last}, is damaged")
+    assert "is damaged and cannot be read (" in message and "resume=false" in message
+    assert f"cp {best} {last} (intact: best-a.ckpt)" in message
+    _damage(best)
+    with pytest.raises(DataError, match="no other intact checkpoint is left in"):
+        check_resume_checkpoint(last, [last, best, other])
+
+
+def test_a_damaged_requeue_checkpoint_is_to_be_deleted(tmp_path: Path) -> None:
+    last = _checkpoint(tmp_path / "checkpoints" / "last.ckpt", 5)
+    requeued = _checkpoint(tmp_path / "hpc_ckpt_2.ckpt", 7)
+    _damage(requeued)
+    with pytest.raises(DataError, match=rf"delete it \(rm {requeued}\) to resume from the next "
+                                        r"newest checkpoint \(last\.ckpt intact\)"):
+        check_resume_checkpoint(requeued, [last, requeued])
+
+
+def test_a_checkpoint_with_other_objects_is_left_to_lightning(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
+    check_resume_checkpoint(path)  # readable, not damaged: not this check's to refuse
+    check_resume_checkpoint(None)  # a fresh start
+
+
+# ----------------------------------------------------------------------------- list files
+
+
+def test_a_list_file_error_names_its_line_once(tmp_path: Path) -> None:
+    listing = tmp_path / "Sony_train_list.txt"
+    listing.write_text("./Sony/short/00001_00_0.1s.ARW ./Sony/long/00002_00_10s.ARW ISO200 F8\n")
+    with pytest.raises(SIDLayoutError) as caught:
+        parse_list_file(listing, tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{listing}:1: malformed line './Sony/short/00001_00_0.1s.ARW")
+    assert message.count(f"{listing}:1") == 1, message
+    assert "short file 00001_00_0.1s.ARW (scene 00001) is paired with 00002_00_10s.ARW" in message
+
+
+# ----------------------------------------------------------------------------- eval.py
+
+
+@pytest.mark.slow
+def test_eval_names_a_wrong_type_in_the_data_group(tmp_path: Path) -> None:
+    """eval.py instantiates the data group through the same checked path as train.py."""
+    from lightning_modules.module import RestorationModule
+    from tests.test_eval_restore import save_checkpoint
+
+    ckpt = save_checkpoint(RestorationModule(), tmp_path / "random.ckpt")
+    proc = run_entry_point("eval.py", f"ckpt={ckpt}", "data.val_max_images=abc",
+                           f"paths.root_dir={tmp_path}", check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "darkraw: error: data.val_max_images='abc' must be an integer or null, not a string")
+    assert not (tmp_path / "data").exists()  # before generating or caching any data
