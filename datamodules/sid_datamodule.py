@@ -7,7 +7,9 @@ unmaps them, so worker memory stays at a few patches whatever the size of the da
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,17 +216,43 @@ class SIDDataset(Dataset):
 #: is finishing its step to save ``last.ckpt``, then fails with "DataLoader worker is killed by
 #: signal" instead (callbacks/last_checkpoint.py). The main process ends its workers itself.
 WORKER_IGNORED_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-    if hasattr(signal, name)
+    getattr(signal, name) for name in ("SIGINT", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
 )
+
+
+def _obey_sigterm_from_the_parent_only() -> None:
+    """SIGTERM ends this worker when the training process sends it, and only then.
+
+    The training process (PyTorch's loader shutdown, multiprocessing's exit handler) ends its
+    workers with SIGTERM and waits for them, so a worker that ignored SIGTERM outright would
+    hang every exit that finds a live loader. A SIGTERM from anyone else (``timeout``, SLURM,
+    ``kill -- -PGID``) is the training process's to handle, and is dropped here; PyTorch's own
+    worker handler would die of it. The sender is only known to ``sigwaitinfo`` here: SIGTERM is
+    blocked and a thread waits for it. Where that call does not exist (macOS), PyTorch's handler
+    stays.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # this thread and those it starts
+
+    def wait_for_the_parent() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        # What PyTorch's own worker SIGTERM handler (which this replaces) does when the parent
+        # asks: a quiet, successful exit, so the parent does not report a killed worker.
+        os._exit(0)
+
+    threading.Thread(target=wait_for_the_parent, name="darkraw-sigterm", daemon=True).start()
 
 
 def _worker_init(_worker_id: int) -> None:
     """One intra-op thread per worker (workers already run in parallel); stop signals are the
-    main process's (:data:`WORKER_IGNORED_SIGNALS`)."""
+    main process's (:data:`WORKER_IGNORED_SIGNALS`, :func:`_obey_sigterm_from_the_parent_only`)."""
     torch.set_num_threads(1)
     for signum in WORKER_IGNORED_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    _obey_sigterm_from_the_parent_only()
 
 
 # --------------------------------------------------------------------------- selection

@@ -99,3 +99,28 @@ def test_pair_order_is_what_the_dataset_reads(coded: tuple[Path, Path]) -> None:
 def test_an_epoch_boundary_start_yields_a_whole_epoch(start: int) -> None:
     sampler = PatchStreamSampler(samples_per_epoch=6, batch_per_rank=2, start_batch=start)
     assert list(sampler) == list(range(2 * start, 6 * (start // 3 + 1)))
+
+
+def test_a_process_with_live_loader_workers_exits_at_once(coded: tuple[Path, Path]) -> None:  # noqa: F811
+    """Workers drop a SIGTERM from others (a group signal is the training process's) but obey
+    their parent's: an exit that finds live persistent workers ended them with SIGTERM and hung
+    for ever while they ignored it outright."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, subprocess_env
+
+    root, cache = coded
+    script = (
+        "from datamodules.sid_datamodule import SIDDataModule\n"
+        f"dm = SIDDataModule(root={str(root)!r}, cache_dir={str(cache)!r}, patch_size=32, "
+        "batch_size=4, num_workers=2, pin_memory=False, persistent_workers=True, "
+        "progress=False, amplification='exposure_ratio')\n"
+        "dm.prepare_data(); dm.setup('fit')\n"
+        "next(iter(dm.train_dataloader()))\n"
+        "print('one batch')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "one batch" in proc.stdout, proc.stderr[-2000:]
+    assert "killed by signal" not in proc.stderr
