@@ -261,16 +261,6 @@ def amplification_mismatches(trained: Mapping[str, Any], data_cfg: Mapping[str, 
             for key in keys if key in trained and key in data_cfg and trained[key] != data_cfg[key]]
 
 
-def training_data_mismatches(ckpt: str | Path, data_cfg: Mapping[str, Any]) -> list[str]:
-    """The amplification settings of ``data_cfg`` that differ from those the checkpoint was
-    trained with (Lightning stores the data module's settings in train.py's checkpoints).
-
-    eval.py builds its data from its own config: a model trained with exposure-ratio
-    amplification would otherwise be scored on estimated-amplifier inputs without a word.
-    """
-    return amplification_mismatches(read_checkpoint_record(ckpt).trained_data, data_cfg)
-
-
 def trained_data_config(trained: Mapping[str, Any]) -> str | None:
     """The data= option a checkpoint was trained with, from its stored data-module settings.
 

@@ -315,7 +315,10 @@ def test_restore_help_explains_its_own_keys_not_train_groups() -> None:
 
 def test_eval_warns_when_its_amplification_differs_from_training(
         synthetic_sid: Path, constant_checkpoint: Path, tmp_path: Path) -> None:
-    from darkraw.evaluation import training_data_mismatches
+    from darkraw.evaluation import amplification_mismatches, read_checkpoint_record
+
+    def training_data_mismatches(path: Path, data: dict[str, object]) -> list[str]:
+        return amplification_mismatches(read_checkpoint_record(path).trained_data, data)
 
     checkpoint = torch.load(constant_checkpoint, map_location="cpu", weights_only=False)
     trained = {"amplification": "exposure_ratio", "m": 5.0, "max_ratio": 300.0}
