@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from darkraw.errors import ConfigError
-from darkraw.instantiate import type_message
+from darkraw.instantiate import fits, type_message
 from lightning_modules.network import RDB_VARIANTS
 
 
@@ -79,7 +79,7 @@ class SchedulerConfig:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return fits(value, frozenset({float}))
 
 
 def _whole(value: object) -> bool:
@@ -91,7 +91,7 @@ def _whole(value: object) -> bool:
 #: comparisons would otherwise fail on a string with TypeError's traceback (optimizer.lr=abc).
 #: String fields are left to ``validate``, which lists the allowed values.
 _FIELD_TYPES: dict[Any, tuple[Any, str]] = {
-    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    int: (lambda v: fits(v, frozenset({int})), "an integer"),
     float: (_is_number, "a number"),
     tuple[float, float]: (lambda v: isinstance(v, list | tuple) and len(v) == 2
                           and all(_is_number(b) for b in v), "a list of two numbers"),
