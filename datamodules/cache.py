@@ -10,10 +10,11 @@ Layout of ``cache_dir``::
     manifest.json                      settings fingerprint (written last)
     entries/<relpath>.npy              uint16 array: (4, H/2, W/2) short, (H, W, 3) long
     entries/<relpath>.json             metadata, written after the array: an entry counts only
-                                       when its metadata exists and matches the array
+                                       when its metadata exists and matches the array's size;
+                                       it records the array's SHA-1 for ``--verify``
 
 Usage: ``python -m datamodules.cache --root <SID root> --cache-dir <dir> [--pairs lists|authors]
-[--workers N]``.
+[--workers N] [--verify]``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,9 @@ def build_entry(root: str, relpath: str, kind: Kind, cache_dir: str, fingerprint
         "shape": list(array.shape),
         "dtype": str(array.dtype),
         "bytes": array_path.stat().st_size,
+        # Read back from the page cache just written: cheap beside the decode, and what
+        # ``verify_cache`` compares against after a copy to another disk or a bad sector.
+        "sha1": file_sha1(array_path),
     }
     _write_json(_meta_path(cache, relpath), meta)
     return meta
@@ -673,12 +677,17 @@ def build_cache(
     pairs: str = "lists",
     workers: int | None = None,
     progress: bool = True,
+    verify: bool = False,
 ) -> CacheIndex:
     """Bring the cache up to date for ``pairs`` and open it.
 
     Valid entries are kept (also across pair sources: ``lists`` and ``authors`` share files);
     missing, half-written or stale ones are (re)built in parallel. If some files fail, the others
     are still finished and kept, and the error lists every failure.
+
+    ``verify`` also re-reads every kept entry against the checksum recorded when it was written
+    and rebuilds those that differ: sizes and dates cannot see a cache that was damaged in a
+    copy to node-local scratch or by a failing disk, and its values would train silently.
     """
     root, cache_dir = Path(root), Path(cache_dir)
     split_pairs = load_pairs(root, pairs)
@@ -693,6 +702,10 @@ def build_cache(
             meta = _read_json(_meta_path(cache_dir, relpath))
             if not _entry_valid(meta, cache_dir, root, relpath, kind, fingerprint, rehash=True):
                 pending[relpath] = kind
+        if verify:
+            kept = [r for r in files if r not in pending]
+            for relpath in verify_entries(cache_dir, kept, progress).rebuild:
+                pending[relpath] = files[relpath]
         failed: list[tuple[str, str]] = []
         if pending:
             work = _pending_work(root, pending)
@@ -722,6 +735,90 @@ def build_cache(
     return open_cache(root, cache_dir, pairs)
 
 
+# --------------------------------------------------------------------------- verifying contents
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What a content check found; ``rebuild`` lists the entries it invalidated."""
+
+    checked: int
+    checked_bytes: int
+    corrupt: tuple[str, ...]
+    unrecorded: tuple[str, ...]
+    seconds: float
+
+    @property
+    def rebuild(self) -> tuple[str, ...]:
+        return self.corrupt + self.unrecorded
+
+
+def _recorded_sha1(cache_dir: Path, relpath: str) -> str | None:
+    meta = _read_json(_meta_path(cache_dir, relpath)) or {}
+    array = meta.get("array")
+    sha1 = array.get("sha1") if isinstance(array, dict) else None
+    return sha1 if isinstance(sha1, str) else None
+
+
+def _invalidate(cache_dir: Path, relpath: str) -> None:
+    """Drop the metadata first: from then on the entry does not count, even if we are killed."""
+    with contextlib.suppress(FileNotFoundError):
+        _meta_path(cache_dir, relpath).unlink()
+
+
+def verify_entries(cache_dir: Path, relpaths: list[str], progress: bool = True) -> VerifyResult:
+    """Hash every entry's array and invalidate those whose content differs from their record.
+
+    Entries written before darkraw recorded checksums cannot be checked; an explicit
+    verification invalidates them too (they are rebuilt once, with a checksum), since keeping
+    them would report them as sound without having looked. Hashing runs on threads: hashlib
+    and file reads release the GIL, so this goes at disk speed rather than one core's.
+    """
+    start = time.perf_counter()
+    recorded = {r: _recorded_sha1(cache_dir, r) for r in relpaths}
+    unrecorded = tuple(sorted(r for r, sha1 in recorded.items() if sha1 is None))
+    to_hash = [r for r, sha1 in recorded.items() if sha1 is not None]
+    sizes = {r: _array_path(cache_dir, r).stat().st_size for r in to_hash}
+    corrupt: list[str] = []
+    bar = tqdm(total=sum(sizes.values()), desc="darkraw cache check", unit="B",
+               unit_scale=True, disable=not progress)
+
+    def check(relpath: str) -> bool:
+        return file_sha1(_array_path(cache_dir, relpath)) == recorded[relpath]
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for relpath, sound in zip(to_hash, pool.map(check, to_hash), strict=True):
+                if not sound:
+                    corrupt.append(relpath)
+                bar.update(sizes[relpath])
+    finally:
+        bar.close()
+    for relpath in corrupt:
+        log.warning("cache entry %s does not match its checksum (damaged); rebuilding it",
+                    _array_path(cache_dir, relpath))
+    if unrecorded:
+        log.warning(
+            "%d cache entries in %s have no checksum (written by an older darkraw) and cannot "
+            "be verified; rebuilding them once, with one", len(unrecorded), cache_dir,
+        )
+    for relpath in (*corrupt, *unrecorded):
+        _invalidate(cache_dir, relpath)
+    result = VerifyResult(
+        checked=len(to_hash),
+        checked_bytes=sum(sizes.values()),
+        corrupt=tuple(sorted(corrupt)),
+        unrecorded=unrecorded,
+        seconds=time.perf_counter() - start,
+    )
+    log.info(
+        "verified %d cache entries (%.2f GB) in %.1f s: %d damaged, %d without a checksum",
+        result.checked, result.checked_bytes / GB, result.seconds, len(result.corrupt),
+        len(result.unrecorded),
+    )
+    return result
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -740,13 +837,24 @@ def main(argv: list[str] | None = None) -> int:
         help="decoding processes (default: all cores, fewer if RAM is short; small builds run "
         "in this process)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also re-read every built entry against its recorded checksum and rebuild damaged "
+        "ones (after copying a cache to another disk, or when a disk reports errors)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     try:
         index = build_cache(
-            args.root, args.cache_dir, args.pairs, args.workers, progress=not args.no_progress
+            args.root,
+            args.cache_dir,
+            args.pairs,
+            args.workers,
+            progress=not args.no_progress,
+            verify=args.verify,
         )
     except DarkrawError as exc:
         print(f"error: {exc}", file=sys.stderr)

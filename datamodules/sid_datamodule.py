@@ -334,6 +334,7 @@ class SIDDataModule(L.LightningDataModule):
         val_max_images: int | None = None,
         full_image_eval: bool = True,
         cache_workers: int | None = None,
+        verify_cache: bool = False,
         progress: bool = True,
     ) -> None:
         super().__init__()
@@ -363,6 +364,7 @@ class SIDDataModule(L.LightningDataModule):
         self.patches_per_epoch, self.val_max_images = patches_per_epoch, val_max_images
         self.full_image_eval = full_image_eval
         self.cache_workers, self.progress = cache_workers, progress
+        self.verify_cache = verify_cache
         self.index: CacheIndex | None = None
         self.train_scenes: list[str] = []
         self.per_device_batch_size = batch_size
@@ -406,7 +408,14 @@ class SIDDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build or complete the cache; Lightning runs this on one process per node."""
-        build_cache(self.root, self.cache_dir, self.pairs, self.cache_workers, self.progress)
+        build_cache(
+            self.root,
+            self.cache_dir,
+            self.pairs,
+            self.cache_workers,
+            self.progress,
+            verify=self.verify_cache,
+        )
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)

@@ -170,6 +170,76 @@ def test_interrupted_build_is_completed(tree: Path, tmp_path: Path) -> None:
     assert index.splits["train"][2].long.open().shape == (64, 96, 3)
 
 
+def test_verify_finds_same_size_damage_and_rebuilds_only_that(
+    tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A zeroed block or a flipped byte keeps every size and date: only the checksum sees it."""
+    cache = tmp_path / "cache"
+    build_cache(tree, cache, "lists", workers=1, progress=False)
+    entries = entries_dir(cache)
+    zeroed = entries / "Sony/short/00001_00_0.1s.dng.npy"
+    flipped = entries / "Sony/long/20001_00_10s.dng.npy"
+    unrecorded = entries / "Sony/short/10001_00_0.1s.dng.json"
+    expected = {path: np.load(path).copy() for path in (zeroed, flipped)}
+    data = bytearray(zeroed.read_bytes())
+    data[-2000:] = bytes(2000)  # a bad block at the end of the array
+    zeroed.write_bytes(bytes(data))
+    data = bytearray(flipped.read_bytes())
+    data[500] ^= 0x10
+    flipped.write_bytes(bytes(data))
+    meta = json.loads(unrecorded.read_text())
+    del meta["array"]["sha1"]  # as written before checksums were recorded
+    unrecorded.write_text(json.dumps(meta))
+    before = entry_files(cache)
+
+    build_cache(tree, cache, "lists", workers=1, progress=False)  # sizes only: nothing seen
+    assert entry_files(cache) == before
+    with caplog.at_level("INFO", logger="datamodules.cache"):
+        index = build_cache(tree, cache, "lists", workers=1, progress=False, verify=True)
+    after = entry_files(cache)
+    rebuilt = {k for k in after if after[k] != before[k]}
+    assert rebuilt == {
+        f"entries/{name}{suffix}"
+        for name in ("Sony/short/00001_00_0.1s.dng", "Sony/long/20001_00_10s.dng",
+                     "Sony/short/10001_00_0.1s.dng")
+        for suffix in (".npy", ".json")
+    }
+    for path, array in expected.items():
+        np.testing.assert_array_equal(np.load(path), array)
+    assert "sha1" in json.loads(unrecorded.read_text())["array"]
+    text = caplog.text
+    assert f"{zeroed} does not match its checksum" in text and f"{flipped} does not" in text
+    assert "1 cache entries in" in text and "no checksum" in text
+    assert "verified 9 cache entries" in text and "2 damaged, 1 without a checksum" in text
+    assert len(index.splits["train"]) == 3
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="datamodules.cache"):
+        build_cache(tree, cache, "lists", workers=1, progress=False, verify=True)
+    assert entry_files(cache) == after
+    assert "verified 10 cache entries" in caplog.text and "0 damaged, 0 without" in caplog.text
+
+
+def test_verify_from_the_command_line_and_the_data_module(tree: Path, tmp_path: Path) -> None:
+    from datamodules.sid_datamodule import SIDDataModule
+
+    cache = tmp_path / "cache"
+    args = ["--root", str(tree), "--cache-dir", str(cache), "--workers", "1", "--no-progress"]
+    assert main(args) == 0
+    damaged = entries_dir(cache) / "Sony/long/00002_00_10s.dng.npy"
+    sound = damaged.read_bytes()
+    damaged.write_bytes(sound[:-1] + bytes([sound[-1] ^ 1]))
+    assert main([*args, "--verify"]) == 0
+    assert damaged.read_bytes() == sound
+
+    damaged.write_bytes(sound[:-1] + bytes([sound[-1] ^ 1]))
+    SIDDataModule(root=str(tree), cache_dir=str(cache), progress=False).prepare_data()
+    assert damaged.read_bytes() != sound  # the default trusts sizes, as documented
+    data = SIDDataModule(root=str(tree), cache_dir=str(cache), progress=False, verify_cache=True)
+    data.prepare_data()
+    assert damaged.read_bytes() == sound
+
+
 def test_other_settings_trigger_a_rebuild(tree: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     build_cache(tree, cache, "lists", workers=1, progress=False)
