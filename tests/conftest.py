@@ -12,6 +12,22 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 import pytest
 import torch
 
+#: Test processes for ``-n auto`` (pyproject's addopts): one per core, at most this many. More
+#: gain little (the slowest tests alone take a minute) and each holds its own copy of torch.
+MAX_TEST_PROCESSES = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_TEST_PROCESSES, os.cpu_count() or 1))
+
+
+# Under xdist each test process gets its share of the cores: torch's default of one thread per
+# core in every process oversubscribes them (on 2 cores, 2 threads ran each step ~3x slower).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
