@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.amplification import exposure_ratio_amplification  # noqa: E402
-from datamodules.cache import CachedPair, build_cache  # noqa: E402
+from datamodules.cache import CachedPair, build_cache, verify_entries  # noqa: E402
 from datamodules.raw import normalise, pack_bayer, read_raw, render_target  # noqa: E402
 from datamodules.sid_datamodule import SIDDataset  # noqa: E402
 
@@ -128,6 +128,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         p.short.array_path.stat().st_size + p.long.array_path.stat().st_size for p in pairs
     )
     raw_bytes = sum(p.pair.short.stat().st_size + p.pair.long.stat().st_size for p in pairs)
+    all_arrays = sorted({e.array_path for s in index.splits.values() for p in s
+                         for e in (p.short, p.long)})
+    relpaths = [a.relative_to(cache_dir / "entries").as_posix()[: -len(".npy")]
+                for a in all_arrays]
+    evicted = evict_from_page_cache(all_arrays)
+    verified = verify_entries(cache_dir, relpaths, progress=False)
+    assert not verified.rebuild, "a freshly built cache failed its own check"
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -158,6 +165,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "generate_s": generate_s,
         "cache_build_s": build_s,
         "cache_build_files_per_s": 2 * len(pairs) / build_s,
+        "cache_total_mb": verified.checked_bytes / 2**20,
+        "verify_s": verified.seconds,
+        "verify_cold": evicted,
+        "verify_mb_per_s": verified.checked_bytes / 2**20 / verified.seconds,
+        "verify_vs_build": build_s / verified.seconds,
         "cache_mb": cache_bytes / 2**20,
         "raw_mb": raw_bytes / 2**20,
         "cached_patches_per_s": cached,
@@ -176,6 +188,11 @@ def markdown(result: dict[str, Any]) -> str:
         ("cache build", f"{result['cache_build_s']:.1f} s "
                         f"({result['cache_build_files_per_s']:.1f} files/s)"),
         ("cache size", f"{result['cache_mb']:.1f} MB (raw files {result['raw_mb']:.1f} MB)"),
+        ("content check (`--verify`, "
+         f"{'cache files evicted first' if result['verify_cold'] else 'warm page cache'})",
+         f"{result['verify_s']:.2f} s for {result['cache_total_mb']:.0f} MB "
+         f"({result['verify_mb_per_s']:.0f} MB/s), {result['verify_vs_build']:.0f}x faster "
+         "than building"),
         ("patches/s from the cache (1 process, warm page cache)",
          f"{result['cached_patches_per_s']:.1f}"),
         ("patches/s from the cache (1 process, cache files evicted first)",

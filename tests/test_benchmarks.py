@@ -67,3 +67,26 @@ def test_gpu_runs_time_more_training_steps_and_both_precisions() -> None:
     assert speed.training_iterations("cuda", speed.parse_args(["--train-iters", "5"])) == 5
     assert speed.training_precisions("cuda") == ("32", "bf16-mixed")
     assert speed.training_precisions("cpu") == ("32",)
+
+
+def test_data_loading_benchmark_writes_its_figures(tmp_path) -> None:
+    """A tiny real run: every figure is measured (none left at a default) and both files agree."""
+    import json
+
+    import data_loading
+
+    out = tmp_path / "results"
+    args = ["--root", str(tmp_path / "work"), "--height", "128", "--width", "192", "--scenes",
+            "2", "--patch-size", "64", "--patches", "8", "--cold-patches", "2",
+            "--decode-patches", "2", "--batch-size", "2", "--loader-workers", "1", "--out",
+            str(out)]
+    assert data_loading.main(args) == 0
+    result = json.loads((out / "data_loading.json").read_text())
+    assert result["setup"]["train_pairs"] == 2
+    # The check reads every split's entries; cache_mb counts the training pairs only.
+    assert result["cache_total_mb"] > result["cache_mb"] > 0
+    assert result["verify_s"] > 0 and result["verify_mb_per_s"] > 0
+    assert result["cached_patches_per_s"] > 0 and result["decode_per_patch_patches_per_s"] > 0
+    assert result["loader"]["workers"] == 1
+    text = (out / "data_loading.md").read_text()
+    assert "content check (`--verify`" in text and f"{result['verify_s']:.2f} s" in text
