@@ -155,7 +155,11 @@ def rank_command(local_rank: int) -> tuple[list[str], str]:
     command += [str(o) for o in task]  # type: ignore[union-attr]
     command += [str(o) for o in hydra_overrides  # type: ignore[union-attr]
                 if not str(o).startswith(_SWEEP_ONLY_PREFIXES)]
-    command += [f"hydra.run.dir={_hydra_quote(str(hydra_cfg.runtime.output_dir))}",
+    # hydra.mode=RUN: a named sweep (+sweep=rdb) sets MULTIRUN in its config, not on the command
+    # line, so without it the rank would run as a sweep of its own, in a new timestamped folder
+    # (where it finds no last.ckpt to resume from and waits for rank 0 forever).
+    command += ["hydra.mode=RUN",
+                f"hydra.run.dir={_hydra_quote(str(hydra_cfg.runtime.output_dir))}",
                 "hydra.output_subdir=null",
                 f"hydra.job.name={hydra_cfg.job.name}_ddp_process_{local_rank}"]
     return command, str(hydra_cfg.runtime.cwd)

@@ -77,7 +77,9 @@ def test_extra_ranks_rerun_this_job_not_the_sweep(tmp_path: Path) -> None:
     assert command[2:4] == ["--config-name", "train"]
     assert command[4:7] == task
     assert "-m" not in command and "--multirun" not in command
-    assert not any(a.startswith(("hydra.mode", "hydra/launcher", "hydra.sweep")) for a in command)
+    assert not any(a.startswith(("hydra/launcher", "hydra.sweep")) for a in command)
+    # A single run, even where the config itself says MULTIRUN (+sweep=rdb does).
+    assert [a for a in command if a.startswith("hydra.mode")] == ["hydra.mode=RUN"]
     assert "hydra.verbose=true" in command
     assert f'hydra.run.dir="{job_dir}"' in command
     assert command[-2:] == ["hydra.output_subdir=null", "hydra.job.name=train_ddp_process_1"]
@@ -174,6 +176,27 @@ def test_two_cpu_ranks_train_one_run(synthetic_sid: Path, tmp_path: Path) -> Non
                                                     map_location="cpu")
     with torch.no_grad():
         assert module(torch.rand(1, 4, 32, 32)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.slow
+def test_extra_rank_of_a_named_sweep_job_runs_in_that_jobs_folder(synthetic_sid: Path,
+                                                                  tmp_path: Path) -> None:
+    """``+sweep=rdb`` sets MULTIRUN in its config: rank 1 must still run the job, not a sweep.
+
+    It used to run as a sweep of its own in a new ``outputs/multirun/<now>/`` folder, where it
+    found no ``last.ckpt``: relaunching the sweep then hung, rank 0 resuming and rank 1 not.
+    """
+    sweep = tmp_path / "sweep"
+    run_entry_point(
+        "train.py", "+sweep=rdb", "model.rdb=before", "trainer=ddp", "trainer.devices=2",
+        "data=sid", f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}", *FAST_TRAIN, "trainer.max_steps=2", "preflight.enabled=false",
+        timeout=240,
+    )
+    (job,) = [p.parent for p in sweep.glob("*/job_status.json")]
+    assert json.loads((job / "ranks" / "rank1.json").read_text())["global_rank"] == 1
+    assert (job / "train_ddp_process_1.log").is_file()
+    assert not (tmp_path / "outputs").exists()  # no stray sweep folder of rank 1's
 
 
 def _free_port() -> int:
