@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -44,6 +44,21 @@ def sweep_folder_storage(sweep_dir: str | Path) -> str:
     folder = Path(sweep_dir).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / DB_NAME}"
+
+
+def save_sweep_config(config: Any) -> Path:
+    """Write ``<sweep folder>/multirun.yaml``, as Hydra's BasicSweeper does and its Optuna one not.
+
+    ``python -m sweeps.compare`` reads the command line from it: without it the comparison of a
+    search has no ``Command:`` line to continue the study with, and no overrides as typed.
+    """
+    from omegaconf import OmegaConf
+
+    folder = Path(str(config.hydra.sweep.dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "multirun.yaml"
+    OmegaConf.save(config, path)
+    return path
 
 
 def continue_study(study: optuna.Study, n_trials: int) -> tuple[int, int]:

@@ -315,6 +315,13 @@ def test_optuna_search_survives_a_failed_trial(synthetic_sid: Path, cache_dir: P
     statuses = {dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]:
                 read_status(j)["status"] for j in job_dirs(sweep)}
     assert statuses == {"0.0005": "completed", "-1": "failed"}
+    # The comparison's Command: line (what continues the study) needs the sweep's multirun.yaml,
+    # which Hydra's Optuna sweeper does not write.
+    from sweeps.compare import collect
+
+    command = collect(sweep).command or ""
+    assert command.startswith("python train.py -m +sweep=optuna ")
+    assert "hydra.sweeper.n_trials=2" in command and f"hydra.sweep.dir={sweep}" in command
 
 
 @pytest.mark.slow

@@ -16,12 +16,18 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         # Imported here: Hydra imports every hydra_plugins module at each start-up.
-        from sweeps.resumable_optuna import continue_study, quiet_optuna, sweep_folder_storage
+        from sweeps.resumable_optuna import (
+            continue_study,
+            quiet_optuna,
+            save_sweep_config,
+            sweep_folder_storage,
+        )
 
         quiet_optuna()
         import optuna
 
         impl = self.sweeper
+        save_sweep_config(impl.config)
         if impl.study_name is None:  # Optuna names it anew each time: nothing to continue
             return super().sweep(arguments)
         if impl.storage is None:
