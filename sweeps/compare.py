@@ -334,7 +334,10 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
             seed_key: str = "seed") -> Comparison:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"no such sweep folder: {sweep_dir}")
+        what = "is a file, not a folder" if sweep_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"{sweep_dir} {what}: pass the sweep folder Hydra printed "
+                                "(outputs/multirun/<date>/<time>)")
+    refuse_several_sweeps(sweep_dir)
     rule = rule or LearningRule()
     jobs = [read_job(d) for d in find_job_dirs(sweep_dir)]
     plan = planned_jobs(sweep_dir)
@@ -344,6 +347,11 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
             if set(overrides) not in seen:
                 jobs.append(Job(name=",".join(overrides), job_dir=None, overrides=overrides,
                                 status=NOT_STARTED))
+    if not jobs and (sweep_dir / ".hydra" / "overrides.yaml").is_file():
+        # A job's (or a single run's) own folder: its .hydra is there, but no jobs below it.
+        raise FileNotFoundError(
+            f"{sweep_dir} is one run's folder, not a sweep's: pass the sweep folder that holds "
+            f"the job folders (for a job of a sweep: {sweep_dir.resolve().parent})")
     if not jobs:
         raise FileNotFoundError(
             f"{sweep_dir} holds no job folders (no .hydra/overrides.yaml below it): pass the "
@@ -363,6 +371,22 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
     if seed:
         comparison.seed_rows = aggregate_seeds(comparison)
     return comparison
+
+
+def refuse_several_sweeps(folder: Path) -> None:
+    """Refuse a folder above sweeps (``outputs/multirun/<date>``, the time left off).
+
+    Its jobs would be mixed into one table, seeds of different sweeps averaged together, with no
+    command to continue any of them and a ``wandb sync`` pattern that matches none of the runs.
+    """
+    if (folder / "multirun.yaml").is_file():
+        return
+    below = sorted(p.parent for p in folder.rglob("multirun.yaml"))
+    if below:
+        shown = ", ".join(str(p) for p in below[:3]) + (", ..." if len(below) > 3 else "")
+        raise FileNotFoundError(
+            f"{folder} is not a sweep folder but holds {len(below)} sweep(s): {shown}; pass "
+            "one of them (the folder Hydra printed)")
 
 
 def sweep_axes(jobs: Sequence[Job],
@@ -798,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         comparison = collect(args.sweep_dir, rule=rule, seed_key=args.seed_key)
     except FileNotFoundError as error:
-        print(f"sweeps.compare: error: {error}", file=sys.stderr)
+        print(f"darkraw: error: {error}", file=sys.stderr)
         return 1
     write_all(comparison, plots=not args.no_plots)
     if not args.quiet:

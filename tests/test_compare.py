@@ -225,6 +225,30 @@ def test_missing_or_empty_folder_is_an_error(tmp_path: Path, capsys) -> None:
     assert "no job folders" in capsys.readouterr().err
 
 
+def test_a_job_folder_or_a_file_is_named_as_such(tmp_path: Path, capsys) -> None:
+    """Passing a job's folder instead of its sweep's must not say it holds no .hydra."""
+    job = write_job(tmp_path / "sweep", ["model.rdb=after"], 0)
+    assert main([str(job), "--quiet", "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("darkraw: error: ") and err.count("\n") == 1
+    assert "is one run's folder, not a sweep's" in err and str(tmp_path / "sweep") in err
+    assert main([str(job / ".hydra" / "overrides.yaml"), "--quiet"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_folder_above_the_sweeps_is_refused(tmp_path: Path, capsys) -> None:
+    """``outputs/multirun/<date>`` (the time left off) would mix the jobs of several sweeps."""
+    for name in ("12-00-00", "13-00-00"):
+        write_job(tmp_path / name, ["model.rdb=after"], 0)
+        write_multirun(tmp_path / name, ["model.rdb=after,before"])
+    assert main([str(tmp_path), "--quiet", "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"darkraw: error: {tmp_path} is not a sweep folder but holds 2 sweep")
+    assert str(tmp_path / "12-00-00") in err and err.count("\n") == 1
+    assert not (tmp_path / "comparison.md").exists()
+    assert main([str(tmp_path / "13-00-00"), "--quiet", "--no-plots"]) == 0
+
+
 def test_labels_are_short_but_unique(tmp_path: Path) -> None:
     write_job(tmp_path, ["model.rdb=after", "scheduler.gamma=1"], 0)
     write_job(tmp_path, ["model.rdb=before", "scheduler.gamma=0.02"], 1)
