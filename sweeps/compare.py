@@ -423,8 +423,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def aggregate_seeds(comparison: Comparison) -> list[dict[str, Any]]:
     """One row per variant (the swept values but the seed): mean and std over its seeds.
 
-    Only completed jobs enter the statistics; failed and unfinished ones are counted apart, so a
-    mean over 2 of 3 seeds says so.
+    Only completed jobs enter the statistics; the others (failed, interrupted, running, not
+    started) are counted apart as not completed, so a mean over 2 of 3 seeds says so.
     """
     groups: dict[tuple[str, ...], list[Job]] = {}
     for job in comparison.jobs:
@@ -438,7 +438,7 @@ def aggregate_seeds(comparison: Comparison) -> list[dict[str, Any]]:
         row["seeds"] = ",".join(j.params.get(comparison.seed_key or "", "?") for j in done)
         row["n"] = len(done)
         row["n_jobs"] = len(members)
-        row["n_failed"] = sum(j.status not in (COMPLETED, UNKNOWN) for j in members)
+        row["n_not_completed"] = sum(j.status not in (COMPLETED, UNKNOWN) for j in members)
         row["n_not_learned"] = sum(j.learned is False for j in done)
         for column in AGGREGATED:
             mean, std = _mean_std([j.values.get(column, math.nan) for j in done])
@@ -512,7 +512,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 def seed_table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in comparison.swept_keys if k != comparison.seed_key]
     header = [*keys, "seeds (n/jobs)", "final PSNR", "best PSNR", "final SSIM", "best SSIM",
-              "gain over input", "wall", "it/s", "not learned", "failed"]
+              "gain over input", "wall", "it/s", "not learned", "not completed"]
 
     def pm(row: dict[str, Any], column: str, digits: int = 2) -> str:
         mean, std = row[f"{column}_mean"], row[f"{column}_std"]
@@ -529,7 +529,7 @@ def seed_table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
             pm(row, "final_val_psnr"), pm(row, "best_val_psnr"), pm(row, "final_val_ssim", 4),
             pm(row, "best_val_ssim", 4), pm(row, "gain_over_input_db"),
             _duration(wall),
-            pm(row, "iters_per_s"), str(row["n_not_learned"]), str(row["n_failed"]),
+            pm(row, "iters_per_s"), str(row["n_not_learned"]), str(row["n_not_completed"]),
         ])
     return header, rows
 

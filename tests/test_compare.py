@@ -176,11 +176,11 @@ def test_seed_axis_gives_mean_and_sample_std(tmp_path: Path) -> None:
     assert float(after["final_val_psnr_mean"]) == pytest.approx(statistics.mean([24, 25, 27]))
     assert float(after["final_val_psnr_std"]) == pytest.approx(statistics.stdev([24, 25, 27]))
     assert float(after["wall_s_mean"]) == pytest.approx(120.0)
-    assert (after["n"], after["n_jobs"], after["n_failed"]) == ("3", "3", "0")
+    assert (after["n"], after["n_jobs"], after["n_not_completed"]) == ("3", "3", "0")
     # The failed seed is left out of the statistics and counted apart.
     assert float(before["final_val_psnr_mean"]) == pytest.approx(26.25)
     assert float(before["final_val_psnr_std"]) == pytest.approx(statistics.stdev([26.0, 26.5]))
-    assert (before["n"], before["n_failed"], before["seeds"]) == ("2", "1", "1,2")
+    assert (before["n"], before["n_not_completed"], before["seeds"]) == ("2", "1", "1,2")
     markdown = (tmp_path / "comparison.md").read_text()
     assert "mean ± sample std" in markdown and "25.33 ± 1.53" in markdown
     assert "Common to all jobs: `+sweep=rdb_seeds`" in markdown  # with its `+`, as typed
