@@ -74,6 +74,32 @@ class MetricTrack:
         return value < self.best - self.min_delta
 
 
+MONITOR_KEYS = ("metric", "mode", "min_delta")
+
+
+def monitor_track(name: str, spec: Mapping[str, Any]) -> tuple[str, MetricTrack]:
+    """The metric one ``monitors`` entry watches, and its track; a bad entry named by its key.
+
+    Entries are named without ``/`` (``train_loss``, not ``train/loss``): Hydra's command line
+    cannot address a key holding one, so ``monitors.<name>.min_delta=...`` and
+    ``monitors.<name>=null`` would be unusable. ``metric`` (default: the name) is the logged
+    metric's own name.
+    """
+    where = f"callbacks.learning_health.monitors.{name}"
+    unknown = sorted(str(key) for key in spec if key not in MONITOR_KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {unknown}: it takes {list(MONITOR_KEYS)}")
+    metric, mode, delta = spec.get("metric", name), spec.get("mode", "max"), \
+        spec.get("min_delta", 0.0)
+    if (not isinstance(metric, str) or mode not in ("max", "min") or isinstance(delta, bool)
+            or not isinstance(delta, int | float) or delta < 0):
+        raise ConfigError(
+            f"{where}: metric must be a metric name, mode max or min and min_delta a number "
+            f">= 0, got metric={metric!r}, mode={mode!r}, min_delta={delta!r}"
+        )
+    return metric, MetricTrack(mode=mode, min_delta=float(delta))
+
+
 class LearningHealth(HealthCallback):
     """Log health indicators; warn, then stop, on plateau, collapse or vanishing gradients."""
 
@@ -95,21 +121,16 @@ class LearningHealth(HealthCallback):
     ) -> None:
         super().__init__()
         monitors = dict(monitors or {
-            "val/psnr": {"mode": "max", "min_delta": 0.05},
-            "val/ssim": {"mode": "max", "min_delta": 0.002},
-            TRAIN_LOSS: {"mode": "min", "min_delta": 0.001},
+            "val_psnr": {"metric": "val/psnr", "mode": "max", "min_delta": 0.05},
+            "val_ssim": {"metric": "val/ssim", "mode": "max", "min_delta": 0.002},
+            "train_loss": {"metric": TRAIN_LOSS, "mode": "min", "min_delta": 0.001},
         })
         self.tracks: dict[str, MetricTrack] = {}
         for name, spec in monitors.items():
             if not spec:
-                continue  # `callbacks.learning_health.monitors.val/ssim=null` drops one
-            mode, delta = spec.get("mode", "max"), float(spec.get("min_delta", 0.0))
-            if mode not in ("max", "min") or delta < 0:
-                raise ConfigError(
-                    f"callbacks.learning_health.monitors.{name}: mode must be max or min and "
-                    f"min_delta >= 0, got mode={mode!r}, min_delta={delta}"
-                )
-            self.tracks[name] = MetricTrack(mode=mode, min_delta=delta)
+                continue  # `callbacks.learning_health.monitors.val_ssim=null` drops one
+            metric, track = monitor_track(str(name), spec)
+            self.tracks[metric] = track
         for key, value in (("warn_after", warn_after), ("patience", patience),
                            ("collapse_patience", collapse_patience),
                            ("vanishing_patience", vanishing_patience)):

@@ -6,10 +6,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
+import darkraw.resolvers  # noqa: F401  (the resolvers the composed config uses)
 from callbacks.learning_health import LearningHealth
-from darkraw.errors import TrainingHealthError
+from darkraw.errors import ConfigError, TrainingHealthError
 from darkraw.health import raise_if_unhealthy
+from darkraw.instantiate import instantiate_checked
 from tests.health_helpers import (
     learning_health_config,
     logged,
@@ -17,7 +20,7 @@ from tests.health_helpers import (
     synthetic_datamodule,
     tiny_trainer,
 )
-from tests.helpers import FAST_TRAIN, fixture_data_overrides, run_entry_point
+from tests.helpers import FAST_TRAIN, REPO, fixture_data_overrides, run_entry_point
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -109,14 +112,25 @@ def test_every_rank_votes_at_every_validation_whatever_it_saw() -> None:
     assert votes[-1] is True  # stalled for patience validations: the plateau vote says stop
 
 
-def plateau_alarms(losses: list[float], **overrides: object) -> tuple[int | None, int | None]:
+def composed_learning_health(*overrides: str) -> LearningHealth:
+    """The learning-health callback of train.py's config with command-line ``overrides``,
+    composed by Hydra's parser and instantiated as train.py does."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "paths.root_dir=/x"])
+    health = instantiate_checked(cfg.callbacks.learning_health)
+    assert isinstance(health, LearningHealth)
+    return health
+
+
+def plateau_alarms(losses: list[float], health: LearningHealth | None = None,
+                   **overrides: object) -> tuple[int | None, int | None]:
     """The validation (1-based) of the first plateau warning and of the stop, for a run whose
     validation metrics never move and whose mean training loss is ``losses``."""
     from types import SimpleNamespace
 
     strategy = SimpleNamespace(reduce_boolean_decision=lambda flag, all: flag)
     trainer = SimpleNamespace(strategy=strategy, should_stop=False, global_step=0)
-    health = LearningHealth(**learning_health_config(**overrides))
+    health = health or LearningHealth(**learning_health_config(**overrides))
     warned = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -139,7 +153,25 @@ def test_plateau_counts_validations_since_each_metrics_best() -> None:
     assert plateau_alarms(flat) == (6, 21)
     dip = [*flat[:9], 0.0985, *flat[10:]]  # noise: 0.0015 under the best at validation 10
     assert plateau_alarms(dip) == (6, 30)  # the count restarts at 10: stop 20 later
-    monitors = learning_health_config()["monitors"]
-    wider = {**monitors, "train/loss": {"mode": "min", "min_delta": 0.005}}
-    assert plateau_alarms(dip, monitors=wider) == (6, 21)
-    assert plateau_alarms(dip, monitors={**monitors, "train/loss": None}) == (6, 21)
+    # The two ways docs/training-health.md gives, typed on the command line as it says.
+    wider = composed_learning_health(
+        "callbacks.learning_health.monitors.train_loss.min_delta=0.005")
+    assert wider.tracks["train/loss"].min_delta == 0.005
+    assert plateau_alarms(dip, wider) == (6, 21)
+    without = composed_learning_health("callbacks.learning_health.monitors.train_loss=null")
+    assert sorted(without.tracks) == ["val/psnr", "val/ssim"]
+    assert plateau_alarms(dip, without) == (6, 21)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+callbacks.learning_health.monitors.train_loss.min_dleta=0.005",
+     r"^callbacks\.learning_health\.monitors\.train_loss has unknown key\(s\) \['min_dleta'\]"),
+    ("callbacks.learning_health.monitors.val_psnr.min_delta=abc",
+     r"^callbacks\.learning_health\.monitors\.val_psnr: .*min_delta='abc'"),
+    ("callbacks.learning_health.monitors.val_psnr.mode=up",
+     r"^callbacks\.learning_health\.monitors\.val_psnr: .*mode='up'"),
+])
+def test_a_wrong_monitor_setting_is_named(override: str, message: str) -> None:
+    """Not ignored (a misspelt min_delta would leave the shipped one) nor float()'s traceback."""
+    with pytest.raises(ConfigError, match=message):
+        composed_learning_health(override)
