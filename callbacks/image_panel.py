@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from darkraw.errors import ConfigError
 from lightning_modules.module import naive_rgb
 
 DISPLAY_GAMMA = 2.2  # the naive input has no tone curve; gamma makes it visible, display only
@@ -44,11 +45,12 @@ def make_panel(rows: list[list[torch.Tensor]], gap: int = 4) -> np.ndarray:
 
 class ImagePanel(L.Callback):
     def __init__(self, output_dir: str | Path, num_images: int = 3, max_side: int = 384) -> None:
-        if num_images < 1 or max_side < 16:
-            raise ValueError(
-                f"callbacks.image_panel: num_images must be >= 1 and max_side >= 16, got "
-                f"{num_images} and {max_side}"
-            )
+        # ConfigError, not ValueError: Hydra would bury a ValueError in its instantiate block.
+        if num_images < 1:
+            raise ConfigError(f"callbacks.image_panel.num_images={num_images} must be >= 1 "
+                              "(callbacks.image_panel=null drops the panels)")
+        if max_side < 16:
+            raise ConfigError(f"callbacks.image_panel.max_side={max_side} must be >= 16 pixels")
         self.output_dir = Path(output_dir)
         self.num_images = num_images
         self.max_side = max_side

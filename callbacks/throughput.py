@@ -11,12 +11,14 @@ from typing import Any
 
 import lightning as L
 
+from darkraw.errors import ConfigError
+
 
 class Throughput(L.Callback):
     def __init__(self, log_every_n_steps: int = 50) -> None:
-        if log_every_n_steps < 1:
-            raise ValueError(f"callbacks.throughput.log_every_n_steps must be >= 1, got "
-                             f"{log_every_n_steps}")
+        if log_every_n_steps < 1:  # ConfigError: one line, not Hydra's instantiate block
+            raise ConfigError(f"callbacks.throughput.log_every_n_steps={log_every_n_steps} "
+                              "must be >= 1")
         self.log_every_n_steps = log_every_n_steps
         self._window_start: float | None = None
         self._window_steps = 0

@@ -8,11 +8,15 @@ Hydra also hands values to the target as parsed, so ``data.batch_size=abc`` arri
 string ``'abc'`` and fails deep inside the target (``'<' not supported between instances of 'str'
 and 'int'``). :func:`check_argument_types` checks the numeric and true/false settings against the
 target's own ``__init__`` annotations first: the signature stays the one place that says what
-type each setting has.
+type each setting has. A key the target does not take at all (``+data.batchsize=2``, a typo that
+Hydra's struct check lets through once the user follows its advice to add ``+``) is refused the
+same way, with the closest name, instead of Hydra's multi-line "got an unexpected keyword
+argument".
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import types
 import typing
@@ -56,7 +60,49 @@ def check_argument_types(config: Any, given: Iterable[str] = ()) -> None:
         target = get_object(str(config["_target_"]))
     except Exception:  # instantiate reports a bad _target_ in its own words
         return
+    check_known_keys(target, config, skip=given)
     check_values(target, config, skip=given)
+
+
+def check_known_keys(target: Callable[..., Any], values: Mapping[str, Any],
+                     skip: Iterable[str] = ()) -> None:
+    """Refuse a key that ``target`` does not take, naming it and the closest one it does take.
+
+    Targets that take ``**kwargs`` all the way up (they pass unknown keys on) accept anything.
+    """
+    parameters = parameter_types(target)
+    if accepts_any_keyword(target):
+        return
+    prefix = values._get_full_key(None) if isinstance(values, DictConfig) else None
+    skipped = set(skip)
+    allowed = sorted(name for name in parameters if name != "self")
+    for key in values:
+        if (not isinstance(key, str) or key.startswith("_") or key in skipped
+                or key in parameters):
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = (f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close
+                else f"it takes {allowed}")
+        target_name = getattr(target, "__qualname__", str(target))
+        raise ConfigError(f"{name} is not a setting of {target_name}: {hint} (remove the key, "
+                          "or correct its name)")
+
+
+def accepts_any_keyword(target: Callable[..., Any]) -> bool:
+    """Whether calling ``target`` accepts keyword arguments of any name.
+
+    A class whose ``__init__`` passes ``**kwargs`` to a parent with a closed signature
+    (``SyntheticSIDDataModule``) does not: the parent's parameters are what it takes.
+    """
+    functions = _signature_chain(target)
+    if not functions:
+        return True  # nothing to read a signature from: do not guess
+    try:
+        last = inspect.signature(functions[-1])
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in last.parameters.values())
 
 
 def check_values(target: Callable[..., Any], values: Mapping[str, Any],
@@ -131,18 +177,7 @@ def parameter_types(target: Callable[..., Any]) -> dict[str, tuple[frozenset[typ
     A class whose ``__init__`` passes ``**kwargs`` on (``SyntheticSIDDataModule``) also takes
     its parents' parameters; the class's own annotation wins.
     """
-    functions: list[Callable[..., Any]] = []
-    if inspect.isclass(target):
-        for cls in inspect.getmro(target):
-            init = cls.__dict__.get("__init__")
-            if init is None:
-                continue
-            functions.append(init)
-            if not any(p.kind is p.VAR_KEYWORD
-                       for p in inspect.signature(init).parameters.values()):
-                break
-    else:
-        functions.append(target)
+    functions = _signature_chain(target)
     found: dict[str, tuple[frozenset[type] | None, object]] = {}
     for function in functions:
         try:
@@ -157,6 +192,26 @@ def parameter_types(target: Callable[..., Any]) -> dict[str, tuple[frozenset[typ
             found[name] = (scalar_kinds(hints.get(name, inspect.Parameter.empty)),
                            parameter.default)
     return found
+
+
+def _signature_chain(target: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The functions whose parameters calling ``target`` takes: a class's ``__init__`` and, while
+    one passes ``**kwargs`` on, its parents' (up to ``object``, which takes none)."""
+    if not inspect.isclass(target):
+        return [target]
+    functions: list[Callable[..., Any]] = []
+    for cls in inspect.getmro(target):
+        init = cls.__dict__.get("__init__")
+        if init is None or cls is object:
+            continue
+        functions.append(init)
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return functions
 
 
 def _annotations(function: Callable[..., Any]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ there. A failure on rank 0 exits it; under SLURM, ``srun --kill-on-bad-exit`` en
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import logging
 import math
 import os
@@ -37,6 +39,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -47,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, default_collate
 
 from darkraw.errors import ConfigError, TrainingHealthError
+from darkraw.instantiate import fits, type_message
 from lightning_modules.module import naive_rgb
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,67 @@ class PreflightReport:
         return self.best_loss / self.start_loss if self.start_loss > 0 else math.nan
 
 
+#: The shipped settings: the layout and value kinds that the pre-flight options must keep.
+SHIPPED_SETTINGS = Path(__file__).resolve().parents[1] / "conf" / "preflight" / "default.yaml"
+INTEGER, NUMBER, BOOLEAN, RANGE = "an integer", "a number", "true or false", "a [low, high] pair"
+_KIND_FITS = {INTEGER: frozenset({int}), NUMBER: frozenset({float}),
+              BOOLEAN: frozenset({bool})}
+
+
+def _kind_of(value: Any) -> Any:
+    """A shipped value's kind (nested for a mapping): what a setting in its place must be."""
+    if isinstance(value, Mapping):
+        return {key: _kind_of(item) for key, item in value.items()}
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INTEGER
+    if isinstance(value, float):
+        return NUMBER
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return RANGE
+    raise TypeError(f"{SHIPPED_SETTINGS}: no kind for {value!r}")  # a new kind of setting
+
+
+@functools.cache
+def shipped_schema() -> dict[str, Any]:
+    """The kinds of conf/preflight/default.yaml's settings, read from the file itself: the
+    config stays the one place that says which settings exist. A misspelt key would otherwise
+    be ignored (its shipped value used instead), a wrong type end in int()'s traceback."""
+    return _kind_of(OmegaConf.to_container(OmegaConf.load(SHIPPED_SETTINGS), resolve=False))
+
+
+def check_options(options: Mapping[str, Any], schema: Mapping[str, Any] | None = None,
+                  prefix: str = "preflight") -> None:
+    """Refuse a key the check does not read, or a value of the wrong kind, by its full name."""
+    schema = shipped_schema() if schema is None else schema
+    for key, value in options.items():
+        name = f"{prefix}.{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"did you mean {prefix}.{close[0]}?" if close else f"it has {sorted(schema)}"
+            raise ConfigError(f"{name} is not a pre-flight setting: {hint} (see "
+                              "conf/preflight/default.yaml)")
+        kind = schema[key]
+        if isinstance(kind, Mapping):
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(type_message(name, value, "a mapping"))
+            check_options(value or {}, kind, name)
+            continue
+        if kind == RANGE:
+            good = (isinstance(value, list | tuple) and len(value) == 2
+                    and all(fits(v, _KIND_FITS[NUMBER]) for v in value))
+        else:
+            good = fits(value, _KIND_FITS[kind])
+        if not good:
+            raise ConfigError(type_message(name, value, kind))
+
+
+def check_preflight_options(cfg: Mapping[str, Any] | DictConfig | None) -> None:
+    """:func:`check_options` on the composed ``preflight`` group (train.py, at start-up)."""
+    check_options(_plain(cfg))
+
+
 # ------------------------------------------------------------------------------- entry
 
 
@@ -103,6 +168,7 @@ def run_preflight(module: L.LightningModule, datamodule: L.LightningDataModule,
     Returns None when the check is disabled or this is not global rank 0.
     """
     options = _plain(cfg)
+    check_options(options)
     if not options.get("enabled", True):
         log.warning("pre-flight check disabled (preflight.enabled=false)")
         return None

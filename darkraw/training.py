@@ -7,7 +7,9 @@ fails in a second instead of after an hour of preprocessing.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -15,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,10 @@ from darkraw.errors import ConfigError
 from darkraw.health import raise_if_unhealthy
 from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
 from darkraw.plots import plot_learning_curve
-from darkraw.preflight import run_preflight
+from darkraw.preflight import check_preflight_options, run_preflight
 from darkraw.resume import check_resume_checkpoint
 from datamodules.raw import CROP_MULTIPLE
-from lightning_modules.config import LossConfig, build
+from lightning_modules.config import LossConfig, NetConfig, build
 from lightning_modules.losses import ms_ssim_min_side
 from lightning_modules.module import RestorationModule
 
@@ -152,7 +154,34 @@ def check_types(cfg: DictConfig) -> None:
     check_argument_types(cfg.trainer)
     check_argument_types(cfg.data)
     # The model group is not instantiated from its node: its keys are RestorationModule's.
+    check_model_keys(cfg.model)
     check_values(RestorationModule, cfg.model, prefix="model")
+
+
+#: RestorationModule's parameters that take whole config groups, not keys of the model group.
+_GROUP_PARAMETERS = ("net", "loss", "optimizer", "scheduler")
+
+
+def model_group_keys() -> tuple[set[str], set[str]]:
+    """(the network's keys, the module's own) that the model group may hold, read from the
+    network settings and RestorationModule's signature, so neither list is kept twice."""
+    net_keys = {f.name for f in fields(NetConfig)}
+    parameters = inspect.signature(RestorationModule.__init__).parameters
+    own = {name for name in parameters if name not in ("self", *_GROUP_PARAMETERS)}
+    return net_keys, own
+
+
+def check_model_keys(model_cfg: Mapping[str, Any]) -> None:
+    """``+model.rbd=after`` would otherwise train the default variant without a word."""
+    net_keys, own = model_group_keys()
+    allowed = sorted(net_keys | own)
+    for key in model_cfg:
+        if str(key) in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"did you mean model.{close[0]}?" if close else f"the model group takes {allowed}"
+        raise ConfigError(f"model.{key} is not a setting of the model: {hint} (remove the key, "
+                          "or correct its name)")
 
 
 def device_count(trainer_cfg: Mapping[str, Any]) -> int | None:
@@ -235,6 +264,10 @@ def check_train_metrics_interval(model_cfg: Mapping[str, Any],
                                  trainer_cfg: Mapping[str, Any]) -> None:
     every = model_cfg.get("train_metrics_every_n_steps", 50)
     log_every = trainer_cfg.get("log_every_n_steps", 50)
+    # Checked first: the model's interval follows it by default, and would take the blame.
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ConfigError(f"trainer.log_every_n_steps={log_every!r} must be a positive step "
+                          "count (Lightning writes step metrics every this many steps)")
     if not isinstance(every, int) or every < 1 or every % log_every:
         raise ConfigError(
             f"model.train_metrics_every_n_steps={every!r} is not allowed: give a multiple of "
@@ -245,8 +278,9 @@ def check_train_metrics_interval(model_cfg: Mapping[str, Any],
 
 def build_module(cfg: DictConfig) -> RestorationModule:
     model = cfg.model
+    net_keys, _ = model_group_keys()
     return RestorationModule(
-        net={"rdb": model.rdb},
+        net={key: model[key] for key in net_keys if key in model},
         loss=cfg.loss,
         optimizer=cfg.optimizer,
         scheduler=cfg.scheduler,
@@ -297,7 +331,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path, fresh: bool) -> list[Logger
         if name == "wandb":
             loggers.append(build_wandb_logger(cfg, node, output_dir, fresh))
         else:
-            logger = instantiate(node)
+            logger = instantiate_checked(node)
             if isinstance(logger, ResumableCSVLogger):
                 logger.append = not fresh  # a resumed run continues its metrics.csv
             loggers.append(logger)
@@ -337,7 +371,7 @@ def build_wandb_logger(cfg: DictConfig, node: DictConfig, output_dir: Path,
     extra = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
              if k not in ("group", "tags", "name")}
     extra["name"] = node.get("name") or f"{cfg.name}/{run_name}"
-    logger = instantiate(
+    logger = instantiate_checked(
         {**extra, "group": group, "tags": tags, "id": wandb_run_id(output_dir, fresh),
          "resume": "allow"}
     )
@@ -375,7 +409,7 @@ def build_plugins(cfg: DictConfig) -> list[Any]:
     plugins = list(instantiate(configured)) if configured else []
     node = cfg.get("checkpoint_io")
     if node and "_target_" in node:
-        plugins.append(instantiate(node))
+        plugins.append(instantiate_checked(node))
     return plugins
 
 
@@ -531,6 +565,8 @@ def train(cfg: DictConfig) -> RunSummary:
     check_types(cfg)
     check_train_metrics_interval(cfg.model, cfg.trainer)
     check_batch_divides(cfg.data, cfg.trainer)
+    # Here, not when the check runs: on SID that is after the cache build, which takes hours.
+    check_preflight_options(cfg.get("preflight"))
     strategy_note = adapt_strategy(cfg.trainer)
     if strategy_note:
         log.info(strategy_note)

@@ -23,9 +23,13 @@ from darkraw.instantiate import check_argument_types, parameter_types, scalar_ki
 from darkraw.resume import check_resume_checkpoint
 from darkraw.training import (
     CALLBACKS_COMPLETE,
+    build_loggers,
+    build_plugins,
     check_batch_divides,
     check_callbacks_group,
     check_patch_size,
+    check_train_metrics_interval,
+    check_types,
     device_count,
     instantiate_named,
 )
@@ -80,6 +84,77 @@ def test_wrong_types_say_what_is_allowed(composer: Any, override: str, message: 
     with pytest.raises(ConfigError) as caught:
         check_argument_types(group)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+data.batchsize=2", "data.batchsize is not a setting of SyntheticSIDDataModule: did you "
+                          "mean data.batch_size?"),
+    ("+trainer.max_step=3", "trainer.max_step is not a setting of Trainer: did you mean "
+                            "trainer.max_steps?"),
+    ("+callbacks.nan_guard.max_consecutiv=1", "callbacks.nan_guard.max_consecutiv is not a "
+                                              "setting of NanGuard: did you mean "
+                                              "callbacks.nan_guard.max_consecutive?"),
+])
+def test_a_key_the_target_does_not_take_is_named(composer: Any, override: str,
+                                                 message: str) -> None:
+    """The ``+key=`` Hydra suggests for a typo: one line with the closest name, not Hydra's
+    "Error in call to target ... unexpected keyword argument" block."""
+    cfg = composer(override)
+    node = OmegaConf.select(cfg, override.lstrip("+").rsplit(".", 1)[0])
+    with pytest.raises(ConfigError) as caught:
+        check_argument_types(node)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+model.rbd=after", "model.rbd is not a setting of the model: did you mean model.rdb?"),
+    ("+model.compiled=true", "model.compiled is not a setting of the model: did you mean "
+                             "model.compile?"),
+])
+def test_a_misspelt_model_key_is_named(composer: Any, override: str, message: str) -> None:
+    """The model group is not an instantiated node: a typo there trained the default variant."""
+    with pytest.raises(ConfigError) as caught:
+        check_types(composer(override))
+    assert str(caught.value).startswith(message)
+    check_types(composer("model.rdb=after", "model.compile=true"))  # the real keys pass
+
+
+def test_the_model_groups_network_keys_reach_the_network(composer: Any) -> None:
+    from darkraw.training import build_module
+
+    assert build_module(composer("model.rdb=after")).hparams["net"] == {"rdb": "after"}
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_a_log_interval_below_one_is_named_itself(composer: Any, value: int) -> None:
+    """Not blamed on model.train_metrics_every_n_steps (which follows it), nor a ZeroDivision."""
+    for extra in ((), ("model.train_metrics_every_n_steps=1",)):
+        cfg = composer(f"trainer.log_every_n_steps={value}", *extra)
+        with pytest.raises(ConfigError, match=rf"^trainer\.log_every_n_steps={value} must be a "
+                                              "positive step count"):
+            check_train_metrics_interval(cfg.model, cfg.trainer)
+
+
+def test_loggers_and_the_checkpoint_writer_are_checked_too(composer: Any, tmp_path: Path) -> None:
+    cfg = composer("logger=csv", "+logger.csv.flush_logs_every=10",
+                   f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"^logger\.csv\.flush_logs_every is not a setting of "
+                                          "ResumableCSVLogger"):
+        build_loggers(cfg, tmp_path, fresh=True)
+    cfg = composer("+checkpoint_io.min_free_gb=2", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"^checkpoint_io\.min_free_gb is not a setting of "
+                                          "AtomicCheckpointIO"):
+        build_plugins(cfg)
+
+
+def test_train_py_names_a_key_the_target_does_not_take(tmp_path: Path) -> None:
+    proc = run_entry_point("train.py", "+data.batchsize=2", f"paths.root_dir={tmp_path}",
+                           check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "darkraw: error: data.batchsize is not a setting of SyntheticSIDDataModule: did you "
+        "mean data.batch_size?")
+    assert not (tmp_path / "data").exists()  # before generating or caching any data
 
 
 @pytest.mark.parametrize("overrides", [
@@ -197,6 +272,22 @@ def test_the_completeness_marker_is_not_taken_for_a_callback(composer: Any) -> N
     names = sorted(type(cb).__name__ for cb in instantiate_named(cfg.callbacks))
     assert names == ["BestCheckpoint", "LastCheckpoint", "LearningHealth", "NanGuard",
                      "Throughput"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("callbacks.image_panel.num_images=0", "callbacks.image_panel.num_images=0 must be >= 1"),
+    ("callbacks.image_panel.max_side=8", "callbacks.image_panel.max_side=8 must be >= 16"),
+    ("callbacks.throughput.log_every_n_steps=0",
+     "callbacks.throughput.log_every_n_steps=0 must be >= 1"),
+])
+def test_a_callback_value_out_of_range_is_one_line(composer: Any, override: str,
+                                                   message: str) -> None:
+    """A ConfigError passes through instantiate as itself; a ValueError came out as Hydra's
+    "Error in call to target" block."""
+    cfg = composer(override, "paths.output_dir=/x/out")  # Hydra's run folder, outside an app
+    with pytest.raises(ConfigError) as caught:
+        instantiate_named(cfg.callbacks)
+    assert str(caught.value).startswith(message)
 
 
 # ---------------------------------------------------------------------- resume checkpoint

@@ -83,3 +83,30 @@ def test_train_py_exits_loudly_before_training(synthetic_sid: Path, tmp_path: Pa
     assert "darkraw: error: pre-flight overfit failed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))  # it never started training
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+preflight.overfit.step=5", r"^preflight\.overfit\.step is not a pre-flight setting: did "
+                                  r"you mean preflight\.overfit\.steps\?"),
+    ("preflight.samples=abc", r"^preflight\.samples='abc' must be an integer, not a string$"),
+    ("preflight.checks.min_alignment=high",
+     r"^preflight\.checks\.min_alignment='high' must be a number, not a string$"),
+    ("preflight.checks.input_range=5", r"^preflight\.checks\.input_range=5 must be a \[low, "
+                                       r"high\] pair$"),
+])
+def test_a_wrong_setting_is_named_before_any_data_is_read(tmp_path: Path, override: str,
+                                                          message: str) -> None:
+    """Not silently replaced by the shipped value (a misspelt key), nor int()'s traceback."""
+    from hydra import compose, initialize_config_dir
+
+    import darkraw.resolvers  # noqa: F401  (the resolvers the composed config uses)
+    from darkraw.errors import ConfigError
+    from tests.helpers import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[override, "paths.root_dir=/x"])
+    # A data module with no data: the settings must be refused before it is asked for any.
+    data = synthetic_datamodule(tmp_path / "absent", tmp_path / "cache")
+    with pytest.raises(ConfigError, match=message):
+        run_preflight(restoration_module(), data, cfg.preflight)
+    assert not (tmp_path / "absent").exists()

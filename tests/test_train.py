@@ -187,6 +187,10 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
          "multiple of 2"),
         # One callback file as the whole group would drop checkpoints, resume and the alarms.
         ("callbacks=lr_monitor", "callbacks=lr_monitor replaces all default callbacks ("),
+        # Pre-flight settings before the data (on SID the cache build, hours), not at the check.
+        ("+preflight.overfit.step=5", "preflight.overfit.step is not a pre-flight setting: did "
+                                      "you mean preflight.overfit.steps?"),
+        ("+model.rbd=after", "model.rbd is not a setting of the model: did you mean model.rdb?"),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
