@@ -148,6 +148,18 @@ def check_patch_size(patch_size: object, win_size: int, min_side: int) -> None:
         )
 
 
+def check_local_config(cfg: DictConfig) -> None:
+    """conf/local/default.yaml without ``# @package _global_`` lands under ``local.``, where
+    nothing reads it: the machine's paths would be ignored without a word."""
+    local = cfg.get("local")
+    if local:
+        keys = sorted(str(k) for k in local)
+        raise ConfigError(
+            f"conf/local/default.yaml must start with the line '# @package _global_': without "
+            f"it its settings ({', '.join(keys)}) land under 'local.' and are ignored"
+        )
+
+
 def check_types(cfg: DictConfig) -> None:
     """Wrong-type settings (``data.batch_size=abc``) in one line instead of the traceback of a
     comparison deep inside the target; the types are those of the targets' signatures."""
@@ -558,6 +570,7 @@ def train(cfg: DictConfig) -> RunSummary:
     quiet_library_noise()
     route_lightning_logs_through_hydra()
     output_dir = Path(cfg.paths.output_dir)
+    check_local_config(cfg)
     check_callbacks_group(cfg)
     check_trainer_config(cfg.trainer)
     # Before the groups that interpolate it (data.seed: ${seed}), so the message names `seed`.
