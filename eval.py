@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
 from darkraw.cli import (
+    exit_on_composition_error,
     exit_with_user_error,
     quote_path_arguments_in_sys_argv,
     require_set,
@@ -197,4 +198,5 @@ if __name__ == "__main__":
     except ConfigError as error:
         exit_with_user_error(error)
     quote_path_arguments_in_sys_argv(PATH_KEYS)
+    exit_on_composition_error("eval", sys.argv[1:])
     main()

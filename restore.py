@@ -19,7 +19,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from darkraw.cli import quote_path_arguments_in_sys_argv, require_set, run_reporting_user_errors
+from darkraw.cli import (
+    exit_on_composition_error,
+    quote_path_arguments_in_sys_argv,
+    require_set,
+    run_reporting_user_errors,
+)
 from darkraw.errors import ConfigError, DataError
 
 AUTOCAST = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,4 +108,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     quote_path_arguments_in_sys_argv(PATH_KEYS)
+    exit_on_composition_error("restore", sys.argv[1:])
     main()

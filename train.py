@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
-from darkraw.cli import exit_with_user_error
+from darkraw.cli import exit_on_composition_error, exit_with_user_error
 from darkraw.errors import DarkrawError
 
 log = logging.getLogger("darkraw")
@@ -67,4 +67,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    exit_on_composition_error("train", sys.argv[1:])
     main()

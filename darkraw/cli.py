@@ -7,8 +7,10 @@ grammar would otherwise reject unless the user quotes them.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -79,3 +81,87 @@ def require_set(cfg: DictConfig, examples: Mapping[str, str]) -> None:
     for key, example in examples.items():
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key} is not set: pass it on the command line, e.g. {example}")
+
+
+#: The configs the entry points' ``@hydra.main(config_path="conf")`` read.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
+    """What is wrong with ``overrides``, in one line, or None when they compose (or cannot be
+    judged here: command-line flags and sweeps are left to Hydra).
+
+    Hydra reports a misspelt key, group option or value in a block of lines (the config search
+    path included) and suggests ``+key=`` for a typo; this names the override, the closest
+    existing key or option, and what to do, as darkraw's own checks do.
+    """
+    if any(arg.startswith("-") for arg in overrides):
+        return None  # --help, --cfg, -m, --config-dir ...: Hydra's own business
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    def compose_all(args: Sequence[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=list(args))
+
+    try:
+        compose_all(overrides)
+    except MissingConfigException as error:
+        missing = str(getattr(error, "missing_cfg_file", "") or "")
+        options = list(getattr(error, "options", None) or [])
+        if "/" not in missing or not options:
+            return None
+        group, option = missing.rsplit("/", 1)
+        typed = next((a.split("=", 1)[0] for a in overrides
+                      if a.split("=", 1)[0].lstrip("+~") == group), group)
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {typed}={close[0]}?)" if close else ""
+        return (f"{typed}={option} is not an option of the {group} group: choose one of "
+                f"{options}{hint}")
+    except OverrideParseException as error:
+        culprit, reason = unreadable_override(overrides) or (" ".join(overrides), str(error))
+        return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]}; quote a value "
+                "with special characters, e.g. key='a value' (Hydra's override grammar)")
+    except ConfigCompositionException as error:
+        key = getattr(error.__cause__, "full_key", None)
+        if not key:
+            return None
+        parent, _, leaf = str(key).rpartition(".")
+        others = [a for a in overrides if not a.lstrip("+~").startswith(str(key))]
+        try:
+            node = compose_all(others)
+            siblings = [str(k) for k in (OmegaConf.select(node, parent) if parent else node)]
+        except Exception:  # the other overrides fail too: no suggestion, Hydra's words stand
+            siblings = []
+        close = difflib.get_close_matches(leaf, siblings, n=1)
+        hint = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
+                else "check its spelling (`python train.py --cfg job` prints every key)")
+        return f"{key} is not a setting: {hint}"
+    except Exception:  # anything else (an interpolation, a plugin): Hydra reports it as ever
+        return None
+    return None
+
+
+def unreadable_override(overrides: Sequence[str]) -> tuple[str, str] | None:
+    """The first override Hydra's grammar rejects, and why."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in overrides:
+        try:
+            parser.parse_override(arg)
+        except HydraException as error:  # parse_override words it as a plain HydraException
+            return arg, str(error)
+    return None
+
+
+def exit_on_composition_error(config_name: str, argv: Sequence[str]) -> None:
+    """Before ``@hydra.main``: a wrong override ends in one line, as every other user error."""
+    message = composition_error(config_name, argv)
+    if message:
+        exit_with_user_error(ConfigError(message))

@@ -87,3 +87,39 @@ def test_require_set_names_the_key_and_how_to_pass_it() -> None:
     with pytest.raises(ConfigError, match=r"^ckpt is not set: .* e\.g\. ckpt=outputs/"):
         require_set(cfg, {"input": "input=photos/", "ckpt": "ckpt=outputs/<run>/last.ckpt"})
     require_set(OmegaConf.create({"ckpt": "x"}), {"ckpt": "ckpt=..."})
+
+
+@pytest.mark.parametrize(("config", "overrides", "message"), [
+    ("train", ["model.rbd=after"], "model.rbd is not a setting: did you mean model.rdb?"),
+    ("train", ["callbacks.nan_gaurd.max_consecutive=3"],
+     "callbacks.nan_gaurd is not a setting: did you mean callbacks.nan_guard?"),
+    ("train", ["experiment=papper"], "experiment=papper is not an option of the experiment "
+                                     "group: choose one of ['ablation_baseline', 'paper', "
+                                     "'quickstart'] (did you mean experiment=paper?)"),
+    ("train", ["+sweep=rbd"], "+sweep=rbd is not an option of the sweep group: choose one of "
+                              "['ablation', 'lr_decay', 'optuna', 'rdb', 'rdb_seeds'] (did you "
+                              "mean +sweep=rdb?)"),
+    ("train", ["seed=1", "model.rdb=[a"], "cannot read the override 'model.rdb=[a': no viable "
+                                          "alternative at input '[a'"),
+    ("eval", ["ckpt=/x", "splitt=val"], "splitt is not a setting: did you mean split?"),
+    ("restore", ["tile_siz=3"], "tile_siz is not a setting: did you mean tile_size?"),
+])
+def test_a_wrong_override_is_named_in_one_line(config: str, overrides: list[str],
+                                               message: str) -> None:
+    """Hydra's block (with its config search path, and a '+key=' advice for a typo) becomes
+    the override, the closest key or option, and what to choose from."""
+    from darkraw.cli import composition_error
+
+    found = composition_error(config, overrides)
+    assert found is not None and found.startswith(message), found
+    assert "\n" not in found
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["model.rdb=after", "+sweep=rdb"], ["model.rdb=after,before"],  # a sweep: Hydra's to say
+    ["-m", "model.rdb=after,before"], ["--cfg", "job"], ["model.rbd=after", "--help"],
+])
+def test_good_overrides_flags_and_sweeps_are_left_to_hydra(overrides: list[str]) -> None:
+    from darkraw.cli import composition_error
+
+    assert composition_error("train", overrides) is None

@@ -191,6 +191,9 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
         ("+preflight.overfit.step=5", "preflight.overfit.step is not a pre-flight setting: did "
                                       "you mean preflight.overfit.steps?"),
         ("+model.rbd=after", "model.rbd is not a setting of the model: did you mean model.rdb?"),
+        # Hydra's own composition errors, in one line too (it printed a block of them).
+        ("model.rbd=after", "model.rbd is not a setting: did you mean model.rdb?"),
+        ("experiment=papper", "experiment=papper is not an option of the experiment group"),
     ],
 )
 def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: str,
