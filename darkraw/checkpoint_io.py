@@ -22,7 +22,6 @@ checked before a byte is written, and again if the write itself runs out of spac
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
@@ -35,7 +34,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 
-from darkraw.disk import GB, ensure_free_space
+from darkraw.disk import GB, ensure_free_space, is_disk_full
 from darkraw.errors import DiskSpaceError, TrainingHealthError
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(partial, target)
         except OSError as error:
             partial.unlink(missing_ok=True)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(error):
                 raise DiskSpaceError(
                     f"the disk filled up while writing checkpoint {target} "
                     f"({data.nbytes / MB:.1f} MB needed); the previous checkpoint is intact. "

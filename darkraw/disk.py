@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -28,3 +29,13 @@ def ensure_free_space(path: str | Path, needed_bytes: float, what: str) -> None:
             f"{needed_bytes / GB:.2f} GB, {free / GB:.2f} GB free on the disk of {folder}. "
             "Free some space or point the path to a larger disk."
         )
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """A write that failed because the disk (or the user's quota) is full: worth its own message,
+    since the file being written is not at fault and retrying elsewhere is the cure."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_gb(path: str | Path) -> float:
+    return shutil.disk_usage(existing_parent(Path(path))).free / GB

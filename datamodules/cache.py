@@ -43,8 +43,8 @@ import psutil
 import rawpy
 from tqdm import tqdm
 
-from darkraw.disk import GB, ensure_free_space
-from darkraw.errors import ConfigError, DarkrawError, DataError
+from darkraw.disk import GB, ensure_free_space, free_gb, is_disk_full
+from darkraw.errors import ConfigError, DarkrawError, DataError, DiskSpaceError
 from datamodules.amplification import (
     DEFAULT_M,
     MAX_AMPLIFICATION,
@@ -428,6 +428,23 @@ class CacheBuildInterrupted(KeyboardInterrupt):
     """Ctrl-C during a build, with what was kept; still a KeyboardInterrupt for its callers."""
 
 
+class _DiskFilledUp(Exception):
+    """A write of the build failed on a full disk: stop, rather than fail every other file."""
+
+    def __init__(self, relpath: str, error: OSError) -> None:
+        super().__init__(relpath)
+        self.relpath, self.error = relpath, error
+
+
+def _disk_full_error(cache_dir: Path, what: str) -> DiskSpaceError:
+    return DiskSpaceError(
+        f"the disk of {cache_dir} filled up while writing {what} ({free_gb(cache_dir):.2f} GB "
+        "free now; another process may be writing to it): the entries finished so far are "
+        "complete and kept; free some space or choose another --cache-dir (data.cache_dir), "
+        "then run the same command: only the missing entries are built"
+    )
+
+
 def _lock_holder(handle: Any) -> str:
     """Who holds the build lock, as its holder wrote it (pid, host, start time); '' if unknown."""
     try:
@@ -635,7 +652,9 @@ def _run_jobs(
         try:
             call()
             done.append(relpath)
-        except Exception as exc:  # one bad file must not lose the others
+        except Exception as exc:  # one bad file must not lose the others...
+            if is_disk_full(exc):  # ...but a full disk would fail them all, each as "broken"
+                raise _DiskFilledUp(relpath, exc) from exc
             failed.append((relpath, _describe(exc)))
         bar.update(1)
 
@@ -721,8 +740,17 @@ def build_cache(
                 needed / GB,
             )
             jobs = [(str(root), r, k, str(cache_dir), fingerprint) for r, k in pending.items()]
-            _, failed = _run_jobs(jobs, n_workers, progress)
-        _write_manifest(cache_dir, fingerprint, sorted(files))
+            try:
+                _, failed = _run_jobs(jobs, n_workers, progress)
+            except _DiskFilledUp as full:
+                raise _disk_full_error(cache_dir,
+                                       f"the entry of {root / full.relpath}") from full.error
+        try:
+            _write_manifest(cache_dir, fingerprint, sorted(files))
+        except OSError as error:
+            if is_disk_full(error):
+                raise _disk_full_error(cache_dir, MANIFEST_NAME) from error
+            raise
     if failed:
         shown = "\n".join(f"  {root / relpath}: {message}" for relpath, message in failed[:20])
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""

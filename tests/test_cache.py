@@ -6,6 +6,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from datamodules.cache import (
     open_cache,
 )
 from datamodules.raw import normalise, pack_bayer, read_raw, render_target
-from tests.helpers import popen_ctrl_c_able
+from tests.helpers import REPO, popen_ctrl_c_able, subprocess_env
 
 BLACK, WHITE = 512, 16383
 TRAIN, VAL, TEST = ("00001", "00002", "00003"), ("20001",), ("10001",)
@@ -238,6 +239,60 @@ def test_verify_from_the_command_line_and_the_data_module(tree: Path, tmp_path: 
     data = SIDDataModule(root=str(tree), cache_dir=str(cache), progress=False, verify_cache=True)
     data.prepare_data()
     assert damaged.read_bytes() == sound
+
+
+FILL_DISK_DURING_BUILD = """
+import json, os, sys, threading, time
+from pathlib import Path
+from datamodules.cache import build_cache
+from darkraw.errors import DiskSpaceError
+
+root, cache, filler = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+def fill_once_an_entry_exists():  # another process filling the disk while the cache is built
+    while not list(cache.rglob("*.npy")):
+        time.sleep(0.001)
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(bytes(65536))
+        except OSError:
+            pass
+threading.Thread(target=fill_once_an_entry_exists, daemon=True).start()
+result = {}
+try:
+    build_cache(root, cache, "lists", workers=int(sys.argv[4]), progress=False)
+except DiskSpaceError as error:
+    result["error"] = str(error)
+os.remove(filler)  # space freed: the same build completes the cache
+index = build_cache(root, cache, "lists", workers=1, progress=False)
+result["train_pairs"] = len(index.splits["train"])
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_disk_that_fills_up_during_the_build_is_named_and_the_build_completes_later(
+        tree: Path, tmp_path: Path, workers: int) -> None:
+    """A real full file system (a 2 MB tmpfs in a private mount namespace): one error naming
+    the disk and what to do, not every remaining file listed as broken, nor a bare OSError."""
+    unshare = shutil.which("unshare")
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    mounted = subprocess.run([unshare or "unshare", "-rm", "true"], capture_output=True)
+    if unshare is None or mounted.returncode != 0:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to make a small disk")
+    script = (f"mount -t tmpfs -o size=2m tmpfs {disk} && exec {sys.executable} -c "
+              f"'{FILL_DISK_DURING_BUILD}' {tree} {disk / 'cache'} {disk / 'filler'} {workers}")
+    proc = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    message = result["error"]
+    assert message.startswith(f"the disk of {disk / 'cache'} filled up while writing ")
+    assert "finished so far are complete and kept" in message
+    assert "choose another --cache-dir (data.cache_dir)" in message
+    assert "could not be cached" not in message and "Re-download" not in message
+    assert result["train_pairs"] == 3
 
 
 def test_other_settings_trigger_a_rebuild(tree: Path, tmp_path: Path) -> None:
