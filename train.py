@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
-from darkraw.cli import exit_on_composition_error, exit_with_user_error
+from darkraw.cli import disk_full_error, exit_on_composition_error, exit_with_user_error
 from darkraw.errors import DarkrawError
 
 log = logging.getLogger("darkraw")
@@ -42,6 +42,13 @@ def main(cfg: DictConfig) -> float:
             return failed_job_result(error)
         exit_with_user_error(error)
     except Exception as error:
+        disk_full = disk_full_error(error, (cfg.paths.output_dir, cfg.data.cache_dir))
+        if disk_full is not None:  # a write anywhere hit a full disk: say which, no traceback
+            status.failed(disk_full)
+            if is_multirun():
+                log.error("job failed: %s", disk_full)
+                return failed_job_result(disk_full)
+            exit_with_user_error(disk_full)
         status.failed(error)
         if is_multirun():
             # A bug or a library error, same policy; the traceback is in traceback.txt.

@@ -15,7 +15,7 @@ from typing import NoReturn, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from darkraw.errors import ConfigError, DarkrawError
+from darkraw.errors import ConfigError, DarkrawError, DiskSpaceError
 
 T = TypeVar("T")
 
@@ -34,6 +34,31 @@ def run_reporting_user_errors(run: Callable[..., T], *args: object) -> T:
         return run(*args)
     except DarkrawError as error:
         exit_with_user_error(error)
+    except OSError as error:
+        disk_full = disk_full_error(error)
+        if disk_full is None:
+            raise
+        exit_with_user_error(disk_full)
+
+
+def disk_full_error(error: BaseException,
+                    folders: Iterable[str | Path] = ()) -> DiskSpaceError | None:
+    """A write that hit a full disk anywhere (images, metrics, W&B, generated data), as a user
+    error: the file is not at fault, and a traceback would hide the cure. A failed write does not
+    say which file it was, so the free space of the run's own ``folders`` is shown instead."""
+    from darkraw.disk import free_gb, is_disk_full
+
+    if not is_disk_full(error):
+        return None
+    assert isinstance(error, OSError)
+    what = error.filename or "a file"
+    free = "; ".join(f"{folder}: {free_gb(folder):.2f} GB free" for folder in folders)
+    return DiskSpaceError(
+        f"the disk filled up while writing {what} ({free or 'no space left on the device'}): "
+        "free some space or point the output (paths.root_dir, output=..., data.cache_dir) to a "
+        "larger disk, then run the same command; a training run resumes from its last "
+        "checkpoint"
+    )
 
 
 def quote_value(value: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -123,3 +125,38 @@ def test_good_overrides_flags_and_sweeps_are_left_to_hydra(overrides: list[str])
     from darkraw.cli import composition_error
 
     assert composition_error("train", overrides) is None
+
+
+def test_a_full_disk_anywhere_is_one_line_naming_the_file(capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """/dev/full fails every write with ENOSPC, as a full disk does."""
+    from darkraw.cli import run_reporting_user_errors
+
+    def write_an_image() -> None:
+        with open("/dev/full", "wb") as handle:
+            handle.write(b"PNG")
+
+    with pytest.raises(SystemExit) as caught:
+        run_reporting_user_errors(write_an_image)
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("darkraw: error: the disk filled up while writing a file (no space "
+                          "left on the device): free some space or point the output")
+    assert err.count("\n") == 1 and "run the same command" in err
+
+    def other_error() -> None:
+        Path("/no/such/folder/file").read_bytes()
+
+    with pytest.raises(FileNotFoundError):  # not every OSError is the user's disk
+        run_reporting_user_errors(other_error)
+
+
+def test_a_full_disk_names_the_free_space_of_the_runs_folders(tmp_path) -> None:
+    from darkraw.cli import disk_full_error
+
+    try:
+        with open("/dev/full", "wb") as handle:
+            handle.write(b"metrics")
+    except OSError as error:
+        message = str(disk_full_error(error, [tmp_path]))
+    assert f"({tmp_path}: " in message and " GB free)" in message
