@@ -627,17 +627,20 @@ def write_markdown(comparison: Comparison, path: Path) -> Path:
                   _markdown_table(s_header, s_rows), ""]
     failed = [j for j in comparison.jobs if j.status in (FAILED, INCOMPLETE, NOT_STARTED,
                                                          INTERRUPTED)]
+    # Named by their swept values: folder names of long overrides are cut, and end in a hash.
+    labels = run_labels(comparison)
     if failed:
         parts += ["## Jobs that did not finish", ""]
         for job in failed:
-            where = f" (`{job.job_dir.name}/traceback.txt`)" if job.status == FAILED and \
-                job.job_dir else ""
-            parts.append(f"- `{job.name}`: {_status(job)}{where}")
+            where = ("" if job.job_dir is None else f" (`{job.job_dir.name}/traceback.txt`)"
+                     if job.status == FAILED else f" (`{job.job_dir.name}`)")
+            parts.append(f"- {labels[id(job)]}: {_status(job)}{where}")
         parts.append("")
     flagged = [j for j in comparison.jobs if j.learned is False]
     if flagged:
         parts += ["## Jobs that did not learn", ""]
-        parts += [f"- `{j.name}`: " + "; ".join(j.reasons) for j in flagged] + [""]
+        parts += [f"- {labels[id(j)]} (`{j.job_dir.name if j.job_dir else j.name}`): "
+                  + "; ".join(j.reasons) for j in flagged] + [""]
     parts += ["## Learning check", "",
               f"Flagged *did not learn* when validation PSNR rose less than "
               f"{rule.min_psnr_rise_db} dB **and** SSIM less than {rule.min_ssim_rise} above "

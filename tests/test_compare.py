@@ -207,7 +207,7 @@ def test_failed_unfinished_and_never_started_jobs_are_listed(tmp_path: Path) -> 
     markdown = (tmp_path / "comparison.md").read_text()
     assert "## Jobs that did not finish" in markdown
     assert "failed: ConfigError: optimizer.lr=-1 is not allowed" in markdown
-    assert "not started" in markdown
+    assert "- rdb=before, seed=2: not started" in markdown  # by its values: no folder to name
     assert main([str(tmp_path), "--quiet", "--no-plots", "--strict"]) == 2
 
 
