@@ -28,3 +28,15 @@ def test_readme_setup_command_installs_and_runs_the_default_job() -> None:
 
 def test_readme_carries_the_patent_notice() -> None:
     assert "202141026548" in (REPO / "README.md").read_text()
+
+
+def test_every_paths_key_leaves_the_run_folder_name_alone() -> None:
+    """README: overrides of ``paths.*`` keep the run folder (a data set moved to another disk
+    still resumes); a key missing from exclude_keys names a new folder and starts over."""
+    from omegaconf import OmegaConf
+
+    paths = OmegaConf.load(REPO / "conf" / "paths" / "default.yaml")
+    hydra_cfg = OmegaConf.load(REPO / "conf" / "hydra" / "default.yaml")
+    excluded = set(hydra_cfg.hydra.job.config.override_dirname.exclude_keys)
+    missing = sorted(f"paths.{key}" for key in paths if f"paths.{key}" not in excluded)
+    assert not missing, f"add {missing} to exclude_keys in conf/hydra/default.yaml"
