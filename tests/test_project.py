@@ -36,7 +36,7 @@ def test_every_paths_key_leaves_the_run_folder_name_alone() -> None:
     from omegaconf import OmegaConf
 
     paths = OmegaConf.load(REPO / "conf" / "paths" / "default.yaml")
-    hydra_cfg = OmegaConf.load(REPO / "conf" / "hydra" / "default.yaml")
-    excluded = set(hydra_cfg.hydra.job.config.override_dirname.exclude_keys)
+    hydra_cfg = OmegaConf.load(REPO / "conf" / "hydra" / "default.yaml")  # package: hydra
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
     missing = sorted(f"paths.{key}" for key in paths if f"paths.{key}" not in excluded)
     assert not missing, f"add {missing} to exclude_keys in conf/hydra/default.yaml"
