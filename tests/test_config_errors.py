@@ -126,17 +126,15 @@ def test_the_model_groups_network_keys_reach_the_network(composer: Any) -> None:
 
 
 @pytest.mark.parametrize(("header", "refused"), [("", True), ("# @package _global_\n", False)])
-def test_a_local_config_without_its_package_line_is_refused(tmp_path: Path, header: str,
-                                                            refused: bool) -> None:
+def test_a_local_config_without_its_package_line_is_refused(composer: Any, tmp_path: Path,
+                                                            header: str, refused: bool) -> None:
     """Without the line, conf/local/default.yaml's paths land under ``local.``, unread."""
     from darkraw.training import check_local_config
 
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "default.yaml").write_text(
         header + "paths: {sid_root: /data/SID, sid_cache_dir: /data/SID-cache}\n")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.root_dir=/x",
-                                          f"hydra.searchpath=[file://{tmp_path}]"])
+    cfg = composer(f"hydra.searchpath=[file://{tmp_path}]")
     if refused:
         with pytest.raises(ConfigError, match=r"^conf/local/default\.yaml must start with the "
                                               r"line '# @package _global_'.*\(paths\)"):
