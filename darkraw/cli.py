@@ -149,8 +149,8 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
                 f"{options}{hint}")
     except OverrideParseException as error:
         culprit, reason = unreadable_override(overrides) or (" ".join(overrides), str(error))
-        return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]}; quote a value "
-                "with special characters, e.g. key='a value' (Hydra's override grammar)")
+        return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]} (overrides "
+                "are key=value; quote a value with special characters, e.g. key='a value')")
     except ConfigCompositionException as error:
         key = getattr(error.__cause__, "full_key", None)
         if not key:
