@@ -65,15 +65,17 @@ def check_argument_types(config: Any, given: Iterable[str] = ()) -> None:
 
 
 def check_known_keys(target: Callable[..., Any], values: Mapping[str, Any],
-                     skip: Iterable[str] = ()) -> None:
+                     skip: Iterable[str] = (), prefix: str | None = None) -> None:
     """Refuse a key that ``target`` does not take, naming it and the closest one it does take.
 
     Targets that take ``**kwargs`` all the way up (they pass unknown keys on) accept anything.
+    ``prefix`` names the values' place in the config when they are no longer a config node.
     """
     parameters = parameter_types(target)
     if accepts_any_keyword(target):
         return
-    prefix = values._get_full_key(None) if isinstance(values, DictConfig) else None
+    if prefix is None and isinstance(values, DictConfig):
+        prefix = values._get_full_key(None)
     skipped = set(skip)
     allowed = sorted(name for name in parameters if name != "self")
     for key in values:

@@ -548,6 +548,11 @@ class SyntheticSIDDataModule(SIDDataModule):
         # Plain before super().__init__: save_hyperparameters reads this frame's locals, and an
         # OmegaConf object in a checkpoint makes Lightning's weights-only loading refuse it.
         synthetic = dict(_plain(synthetic) or {})
+        from darkraw.instantiate import check_known_keys
+        from datamodules.synthetic import generate_synthetic_sid
+
+        # Refused here, by name: generate_synthetic_sid would fail on it only in prepare_data.
+        check_known_keys(generate_synthetic_sid, synthetic, prefix="data.synthetic")
         super().__init__(*args, **kwargs)
         self.synthetic = synthetic
 

@@ -166,6 +166,15 @@ def test_loggers_and_the_checkpoint_writer_are_checked_too(composer: Any, tmp_pa
         build_plugins(cfg)
 
 
+def test_a_misspelt_synthetic_set_setting_is_named_before_generating(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data\.synthetic\.num_train_scene is not a setting "
+                                          r"of generate_synthetic_sid: did you mean "
+                                          r"data\.synthetic\.num_train_scenes\?"):
+        SyntheticSIDDataModule(root=str(tmp_path / "set"), cache_dir=str(tmp_path / "cache"),
+                               synthetic={"num_train_scene": 3})
+    assert not (tmp_path / "set").exists()
+
+
 def test_train_py_names_a_key_the_target_does_not_take(tmp_path: Path) -> None:
     proc = run_entry_point("train.py", "+data.batchsize=2", f"paths.root_dir={tmp_path}",
                            check=False, timeout=120)
