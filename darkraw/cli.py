@@ -128,6 +128,7 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
         MissingConfigException,
         OverrideParseException,
     )
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     def compose_all(args: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -152,8 +153,11 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
         return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]} (overrides "
                 "are key=value; quote a value with special characters, e.g. key='a value')")
     except ConfigCompositionException as error:
-        key = getattr(error.__cause__, "full_key", None)
-        if not key:
+        # Only a key that does not exist; a value of the wrong type for a typed key (Hydra's
+        # own settings) also names its key, and is Hydra's to explain.
+        cause = error.__cause__
+        key = getattr(cause, "full_key", None)
+        if not key or not isinstance(cause, ConfigAttributeError | ConfigKeyError):
             return None
         parent, _, leaf = str(key).rpartition(".")
         others = [a for a in overrides if not a.lstrip("+~").startswith(str(key))]
@@ -164,7 +168,7 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
             siblings = []
         close = difflib.get_close_matches(leaf, siblings, n=1)
         hint = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
-                else "check its spelling (`python train.py --cfg job` prints every key)")
+                else "check its spelling (`--cfg job` prints every key)")
         return f"{key} is not a setting: {hint}"
     except Exception:  # anything else (an interpolation, a plugin): Hydra reports it as ever
         return None

@@ -120,6 +120,7 @@ def test_a_wrong_override_is_named_in_one_line(config: str, overrides: list[str]
 @pytest.mark.parametrize("overrides", [
     [], ["model.rdb=after", "+sweep=rdb"], ["model.rdb=after,before"],  # a sweep: Hydra's to say
     ["-m", "model.rdb=after,before"], ["--cfg", "job"], ["model.rbd=after", "--help"],
+    ["hydra.job.chdir=abc"],  # a wrong type for one of Hydra's own typed settings: Hydra's
 ])
 def test_good_overrides_flags_and_sweeps_are_left_to_hydra(overrides: list[str]) -> None:
     from darkraw.cli import composition_error
