@@ -7,7 +7,6 @@ grammar would otherwise reject unless the user quotes them.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import NoReturn, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from darkraw.errors import ConfigError, DarkrawError, DiskSpaceError
+from darkraw.suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -144,10 +144,9 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
         group, option = missing.rsplit("/", 1)
         typed = next((a.split("=", 1)[0] for a in overrides
                       if a.split("=", 1)[0].lstrip("+~") == group), group)
-        close = difflib.get_close_matches(option, options, n=1)
-        hint = f" (did you mean {typed}={close[0]}?)" if close else ""
+        hint = did_you_mean(option, options, f"{typed}=")
         return (f"{typed}={option} is not an option of the {group} group: choose one of "
-                f"{options}{hint}")
+                f"{options}" + (f" ({hint})" if hint else ""))
     except OverrideParseException as error:
         culprit, reason = unreadable_override(overrides) or (" ".join(overrides), str(error))
         return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]} (overrides "
@@ -166,9 +165,8 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
             siblings = [str(k) for k in (OmegaConf.select(node, parent) if parent else node)]
         except Exception:  # the other overrides fail too: no suggestion, Hydra's words stand
             siblings = []
-        close = difflib.get_close_matches(leaf, siblings, n=1)
-        hint = (f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close
-                else "check its spelling (`--cfg job` prints every key)")
+        hint = (did_you_mean(leaf, siblings, f"{parent}." if parent else "")
+                or "check its spelling (`--cfg job` prints every key)")
         return f"{key} is not a setting: {hint}"
     except Exception:  # anything else (an interpolation, a plugin): Hydra reports it as ever
         return None

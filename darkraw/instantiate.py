@@ -16,7 +16,6 @@ argument".
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import types
 import typing
@@ -28,6 +27,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from darkraw.errors import ConfigError, DarkrawError
+from darkraw.suggest import did_you_mean
 
 #: The value types checked; a parameter whose annotation mentions anything else is left alone.
 SCALAR_KINDS: dict[type, str] = {int: "an integer", float: "a number", bool: "true or false",
@@ -83,9 +83,7 @@ def check_known_keys(target: Callable[..., Any], values: Mapping[str, Any],
                 or key in parameters):
             continue
         name = f"{prefix}.{key}" if prefix else key
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = (f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close
-                else f"it takes {allowed}")
+        hint = did_you_mean(key, allowed, f"{prefix}." if prefix else "") or f"it takes {allowed}"
         target_name = getattr(target, "__qualname__", str(target))
         raise ConfigError(f"{name} is not a setting of {target_name}: {hint} (remove the key, "
                           "or correct its name)")

@@ -29,7 +29,6 @@ there. A failure on rank 0 exits it; under SLURM, ``srun --kill-on-bad-exit`` en
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import logging
 import math
@@ -51,6 +50,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from darkraw.errors import ConfigError, TrainingHealthError
 from darkraw.instantiate import fits, type_message
+from darkraw.suggest import did_you_mean
 from lightning_modules.module import naive_rgb
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,7 @@ def check_options(options: Mapping[str, Any], schema: Mapping[str, Any] | None =
     for key, value in options.items():
         name = f"{prefix}.{key}"
         if key not in schema:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f"did you mean {prefix}.{close[0]}?" if close else f"it has {sorted(schema)}"
+            hint = did_you_mean(key, schema, f"{prefix}.") or f"it has {sorted(schema)}"
             raise ConfigError(f"{name} is not a pre-flight setting: {hint} (see "
                               "conf/preflight/default.yaml)")
         kind = schema[key]

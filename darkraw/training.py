@@ -7,7 +7,6 @@ fails in a second instead of after an hour of preprocessing.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import logging
@@ -54,6 +53,7 @@ from darkraw.instantiate import check_argument_types, check_values, instantiate_
 from darkraw.plots import plot_learning_curve
 from darkraw.preflight import check_preflight_options, run_preflight
 from darkraw.resume import check_resume_checkpoint
+from darkraw.suggest import did_you_mean
 from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
 from lightning_modules.losses import ms_ssim_min_side
@@ -190,8 +190,7 @@ def check_model_keys(model_cfg: Mapping[str, Any]) -> None:
     for key in model_cfg:
         if str(key) in allowed:
             continue
-        close = difflib.get_close_matches(str(key), allowed, n=1)
-        hint = f"did you mean model.{close[0]}?" if close else f"the model group takes {allowed}"
+        hint = did_you_mean(key, allowed, "model.") or f"the model group takes {allowed}"
         raise ConfigError(f"model.{key} is not a setting of the model: {hint} (remove the key, "
                           "or correct its name)")
 
