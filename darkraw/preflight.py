@@ -49,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, default_collate
 
 from darkraw.errors import ConfigError, TrainingHealthError
-from darkraw.instantiate import fits, type_message
+from darkraw.instantiate import describe, fits, type_message
 from darkraw.suggest import did_you_mean
 from lightning_modules.module import naive_rgb
 
@@ -83,21 +83,17 @@ class PreflightReport:
 
 #: The shipped settings: the layout and value kinds that the pre-flight options must keep.
 SHIPPED_SETTINGS = Path(__file__).resolve().parents[1] / "conf" / "preflight" / "default.yaml"
-INTEGER, NUMBER, BOOLEAN, RANGE = "an integer", "a number", "true or false", "a [low, high] pair"
-_KIND_FITS = {INTEGER: frozenset({int}), NUMBER: frozenset({float}),
-              BOOLEAN: frozenset({bool})}
+#: A [low, high] pair of numbers; every other setting is one scalar kind (instantiate's).
+RANGE = "a [low, high] pair"
+NUMBERS = frozenset({float})
 
 
 def _kind_of(value: Any) -> Any:
     """A shipped value's kind (nested for a mapping): what a setting in its place must be."""
     if isinstance(value, Mapping):
         return {key: _kind_of(item) for key, item in value.items()}
-    if isinstance(value, bool):
-        return BOOLEAN
-    if isinstance(value, int):
-        return INTEGER
-    if isinstance(value, float):
-        return NUMBER
+    if isinstance(value, bool | int | float):
+        return frozenset({type(value)})
     if isinstance(value, list | tuple) and len(value) == 2:
         return RANGE
     raise TypeError(f"{SHIPPED_SETTINGS}: no kind for {value!r}")  # a new kind of setting
@@ -129,11 +125,11 @@ def check_options(options: Mapping[str, Any], schema: Mapping[str, Any] | None =
             continue
         if kind == RANGE:
             good = (isinstance(value, list | tuple) and len(value) == 2
-                    and all(fits(v, _KIND_FITS[NUMBER]) for v in value))
+                    and all(fits(v, NUMBERS) for v in value))
         else:
-            good = fits(value, _KIND_FITS[kind])
+            good = fits(value, kind)
         if not good:
-            raise ConfigError(type_message(name, value, kind))
+            raise ConfigError(type_message(name, value, RANGE if kind == RANGE else describe(kind)))
 
 
 def check_preflight_options(cfg: Mapping[str, Any] | DictConfig | None) -> None:
