@@ -104,18 +104,18 @@ def scored_data(data: dict[str, Any], split: str) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from darkraw.checkpoints import load_inference_network, pick_device
+    from darkraw.checkpoints import load_inference_network, pick_device, read_darkraw_checkpoint
     from darkraw.evaluation import (
         IMAGES_FOLDER,
         amplification_mismatches,
         check_max_images,
         check_output,
         check_save_images,
+        checkpoint_record,
         create_output,
         default_output,
         evaluate,
         publish_images,
-        read_checkpoint_record,
         remove_previous_results,
         remove_staging,
         summarise_scores,
@@ -133,9 +133,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output = Path(cfg.output) if cfg.output else default_output(cfg.ckpt, cfg.split)
     check_output(output, save_images)
     device = pick_device(cfg.device)
-    net = load_inference_network(cfg.ckpt, device)  # folded, channels-last: 1.6x on a CPU
-
-    record = read_checkpoint_record(cfg.ckpt)
+    checkpoint = read_darkraw_checkpoint(cfg.ckpt)  # read once: the network and its record
+    # Folded weight norm, channels-last: 1.6x faster on a CPU (BENCHMARKS.md).
+    net = load_inference_network(cfg.ckpt, device, checkpoint)
+    record = checkpoint_record(checkpoint)
+    del checkpoint
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(data, dict)
     mismatches = amplification_mismatches(record.trained_data, data)

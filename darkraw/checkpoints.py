@@ -120,24 +120,40 @@ def read_darkraw_checkpoint(path: str | Path) -> dict[str, Any]:
                     f"{HOW_TO_GET_A_CHECKPOINT}")
 
 
-def load_network(ckpt: str | Path, device: torch.device) -> nn.Module:
-    """The training-form network of a darkraw checkpoint, in eval mode, rebuilt from it alone."""
+def network_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> nn.Module:
+    """The training-form network of a checkpoint already read by :func:`read_darkraw_checkpoint`.
+
+    Rebuilt from the checkpoint's own hyper-parameters (validated as at training time, so they
+    name the ``rdb`` variant) and its weights, strictly: the file is read once, not once per use.
+    """
     from lightning_modules.module import RestorationModule
 
-    path = Path(ckpt)
-    read_darkraw_checkpoint(path)
     try:
-        module = RestorationModule.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        module = RestorationModule(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (KeyError, RuntimeError, TypeError, ValueError, ConfigError) as error:
         raise DataError(
             f"ckpt={path} is a darkraw checkpoint that does not fit this version's network "
             f"({type(error).__name__}: {first_line(error)}); was it written by another darkraw "
             "version or edited?"
         ) from error
-    return module.net.to(device).eval()
+    return module.net.eval()
+
+
+def load_network(ckpt: str | Path, device: torch.device,
+                 checkpoint: Mapping[str, Any] | None = None) -> nn.Module:
+    """The training-form network of a darkraw checkpoint, in eval mode, rebuilt from it alone.
+
+    ``checkpoint``: the file's contents when the caller has read them already (eval.py also needs
+    its step and data settings), so the file is not read a second time.
+    """
+    if checkpoint is None:
+        checkpoint = read_darkraw_checkpoint(ckpt)
+    return network_from_checkpoint(checkpoint, ckpt).to(device)
 
 
 def load_inference_network(ckpt: str | Path, device: torch.device,
+                           checkpoint: Mapping[str, Any] | None = None,
                            **options: object) -> nn.Module:
     """The checkpoint's network in its fast inference form, for eval.py and restore.py.
 
@@ -147,5 +163,5 @@ def load_inference_network(ckpt: str | Path, device: torch.device,
     """
     from lightning_modules.inference import prepare_for_inference
 
-    net = load_network(ckpt, torch.device("cpu"))
+    net = load_network(ckpt, torch.device("cpu"), checkpoint)
     return prepare_for_inference(net, device=device, **options)  # type: ignore[arg-type]

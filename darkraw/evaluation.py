@@ -238,20 +238,24 @@ class CheckpointRecord:
     epoch: int | None = None
 
 
-def read_checkpoint_record(ckpt: str | Path) -> CheckpointRecord:
-    """The data module's settings and the step Lightning stored in the checkpoint, if any.
+def checkpoint_record(checkpoint: Mapping[str, Any]) -> CheckpointRecord:
+    """The data module's settings and the step Lightning stored in a checkpoint, if any.
 
-    Read as darkraw.checkpoints reads checkpoints (tensors and plain values only, every wrong
-    file named); an imported or hand-made checkpoint without these entries gives an empty record.
+    ``checkpoint`` as :func:`darkraw.checkpoints.read_darkraw_checkpoint` returns it; an
+    imported or hand-made checkpoint without these entries gives an empty record.
     """
-    from darkraw.checkpoints import read_darkraw_checkpoint
-
-    checkpoint = read_darkraw_checkpoint(ckpt)
     trained = checkpoint.get("datamodule_hyper_parameters") or {}
     step, epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
     return CheckpointRecord(dict(trained) if isinstance(trained, Mapping) else {},
                             step if isinstance(step, int) else None,
                             epoch if isinstance(epoch, int) else None)
+
+
+def read_checkpoint_record(ckpt: str | Path) -> CheckpointRecord:
+    """:func:`checkpoint_record` of the file ``ckpt``, read as eval.py reads checkpoints."""
+    from darkraw.checkpoints import read_darkraw_checkpoint
+
+    return checkpoint_record(read_darkraw_checkpoint(ckpt))
 
 
 def amplification_mismatches(trained: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> list[str]:

@@ -94,3 +94,31 @@ def test_eval_and_restore_get_the_inference_form_with_the_same_outputs(
     with torch.no_grad():
         expected = training_form(x)
     assert float((inference_form(x) - expected).abs().max()) < 3e-5
+
+
+def test_a_checkpoint_read_once_serves_the_network_without_a_second_read(
+        tmp_path: Path, darkraw_checkpoint: Path) -> None:
+    """eval.py reads the file once for the network and its record: a copy that is gone after
+    that read must still give the same network (a second read would fail on the missing file)."""
+    from darkraw.checkpoints import read_darkraw_checkpoint
+
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(darkraw_checkpoint.read_bytes())
+    checkpoint = read_darkraw_checkpoint(copy)
+    copy.unlink()
+    net = load_inference_network(copy, torch.device("cpu"), checkpoint)
+    expected = load_inference_network(darkraw_checkpoint, torch.device("cpu"))
+    x = torch.rand(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(net(x), expected(x))
+
+
+def test_hyper_parameters_this_version_does_not_know_are_explained(
+        tmp_path: Path, darkraw_checkpoint: Path) -> None:
+    checkpoint = torch.load(darkraw_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["net"]["rdb"] = "sideways"
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    with pytest.raises(DataError, match=r"edited\.ckpt is a darkraw checkpoint that does not fit.*"
+                                        "model.rdb='sideways'"):
+        load_network(edited, torch.device("cpu"))
