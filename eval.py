@@ -153,6 +153,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     staging = create_output(output)
     try:
         datamodule = instantiate_checked(cfg.data, _convert_="all")
+        if hasattr(datamodule, "replace_other_set"):
+            # A synthetic set made with other settings (most often the one trained on) is named
+            # and kept: scoring must never replace the data a model was trained on.
+            datamodule.replace_other_set = False
         datamodule.prepare_data()
         datamodule.setup(stage)
         loader = getattr(datamodule, loader_name)()

@@ -305,13 +305,17 @@ def training_dataset_mismatch(trained: Mapping[str, Any],
                 f"data.root={trained_root}: pass data.root={trained_root}, unless that set "
                 f"has moved to {root}")
     if name == "synthetic":
+        from datamodules.synthetic import override_value
+
         ours, theirs = dict(data_cfg.get("synthetic") or {}), dict(trained["synthetic"] or {})
-        differ = [f"data.synthetic.{key}={ours[key]!r} (trained with {theirs[key]!r})"
-                  for key in sorted(ours.keys() & theirs.keys()) if ours[key] != theirs[key]]
-        if differ:
-            return (f"evaluating with {', '.join(differ)}: the synthetic set at "
-                    f"data.root={root} is generated otherwise than in training (and "
-                    "regenerated with these settings); pass the trained values")
+        keys = [key for key in sorted(ours.keys() & theirs.keys()) if ours[key] != theirs[key]]
+        if keys:
+            differ = ", ".join(f"data.synthetic.{key}={ours[key]!r} (trained with "
+                               f"{theirs[key]!r})" for key in keys)
+            trained_values = " ".join(f"data.synthetic.{key}={override_value(theirs[key])}"
+                                      for key in keys)
+            return (f"evaluating with {differ}: not the synthetic set the checkpoint was "
+                    f"trained on; pass {trained_values} to score that one")
     return None
 
 

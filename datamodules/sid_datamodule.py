@@ -553,12 +553,19 @@ class SyntheticSIDDataModule(SIDDataModule):
 
         # Refused here, by name: generate_synthetic_sid would fail on it only in prepare_data.
         check_known_keys(generate_synthetic_sid, synthetic, prefix="data.synthetic")
+        for key, owner in (("progress", "data.progress"), ("replace_other_set", "eval.py")):
+            if key in synthetic:
+                raise ConfigError(f"data.synthetic.{key} is not a setting of the data set: "
+                                  f"{owner} decides it (remove the key)")
         super().__init__(*args, **kwargs)
         self.synthetic = synthetic
+        #: False in eval.py: a set generated with other settings is refused, not replaced.
+        self.replace_other_set = True
 
     def prepare_data(self) -> None:
         from datamodules.synthetic import generate_synthetic_sid
 
-        options = {"progress": self.progress, **self.synthetic}
+        options = {"progress": self.progress, **self.synthetic,
+                   "replace_other_set": self.replace_other_set}
         generate_synthetic_sid(self.root, **options)
         super().prepare_data()

@@ -340,6 +340,35 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     return all((root / relpath).is_file() for relpath in marker.get("files", []))
 
 
+#: Generator settings a user chooses (``data.synthetic.*``); the other parameters are the code's.
+USER_SETTINGS = ("num_train_scenes", "num_val_scenes", "num_test_scenes", "height", "width",
+                 "ratios", "shots_per_scene", "seed", "long_exposure", "gain", "read_noise",
+                 "row_noise")
+
+
+def _refuse_other_set(root: Path, params: dict[str, Any]) -> None:
+    """Raise when ``root`` holds a set generated with other user settings than ``params``."""
+    marker = _read_marker(root)
+    existing = (marker or {}).get("parameters")
+    if not isinstance(existing, dict):
+        return
+    differ = [key for key in USER_SETTINGS if key in existing and existing[key] != params.get(key)]
+    if not differ:
+        return  # only the format changed (a newer darkraw): regenerating is the only way on
+    asked = ", ".join(f"data.synthetic.{key}={params.get(key)!r}" for key in differ)
+    there = " ".join(f"data.synthetic.{key}={override_value(existing[key])}" for key in differ)
+    raise ConfigError(
+        f"data.root={root} holds the synthetic set generated with other settings than {asked}; "
+        f"it is not replaced here: pass {there} to score that set, or another data.root to "
+        "generate one with these settings"
+    )
+
+
+def override_value(value: Any) -> str:
+    """``value`` as a Hydra command-line value (lists without spaces)."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value)
+
+
 def _own_files(folder: Path) -> Iterator[Path]:
     """Files of ``folder`` that a previous (possibly interrupted) generation may have written.
 
@@ -493,8 +522,13 @@ def generate_synthetic_sid(
     gain: float = GAIN_DN_PER_ELECTRON,
     read_noise: float = READ_NOISE_DN,
     row_noise: float = ROW_NOISE_DN,
+    replace_other_set: bool = True,
 ) -> Path:
     """Write (or reuse) a SID-style set of DNGs under ``root`` and return ``root``.
+
+    ``replace_other_set=False`` (eval.py) refuses, naming the settings, to replace a set generated
+    with other settings: a model would otherwise be scored on other images than it was trained
+    on, and the set it was trained on would be gone.
 
     Reuse is decided by ``root/.darkraw_synthetic.json``, written last: same parameters and all
     files present means nothing is written; otherwise the old files are removed and the set is
@@ -514,6 +548,8 @@ def generate_synthetic_sid(
     )
     if _is_complete(root, params):
         return root
+    if not replace_other_set:
+        _refuse_other_set(root, params)
     _check_ours(root)
     num_scenes = sum(counts.values())
     ensure_free_space(root, _bytes_needed(num_scenes, shots_per_scene, height, width),

@@ -246,8 +246,9 @@ def test_dataset_mismatch_says_which_data_and_root_to_pass() -> None:
         "evaluating on data.root=/mnt/SID but the checkpoint was trained on data.root=/data/SID: "
         "pass data.root=/data/SID, unless that set has moved to /mnt/SID")
     bigger = {**evaluating_synthetic, "synthetic": {**FIXTURE_SET, "height": 512}}
-    assert "data.synthetic.height=512 (trained with 256)" in training_dataset_mismatch(
-        synthetic, bigger)
+    assert training_dataset_mismatch(synthetic, bigger).endswith(
+        "data.synthetic.height=512 (trained with 256): not the synthetic set the checkpoint was "
+        "trained on; pass data.synthetic.height=256 to score that one")
     assert training_dataset_mismatch(sid, evaluating_sid) is None
     assert training_dataset_mismatch(synthetic, evaluating_synthetic) is None
     assert training_dataset_mismatch({}, evaluating_synthetic) is None  # nothing stored

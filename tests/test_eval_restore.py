@@ -18,7 +18,7 @@ from skimage.metrics import structural_similarity
 
 from datamodules.dng import write_bayer_dng
 from lightning_modules.module import RestorationModule
-from tests.helpers import fixture_data_overrides, run_entry_point
+from tests.helpers import FIXTURE_SET, fixture_data_overrides, run_entry_point
 
 CONSTANT = 0.5
 
@@ -337,3 +337,24 @@ def test_eval_warns_when_its_amplification_differs_from_training(
     assert ("evaluating with data.amplification='estimated' (trained with 'exposure_ratio')"
             in proc.stdout + proc.stderr)
     assert (tmp_path / "eval" / "summary.json").is_file()  # a warning, not a refusal
+
+
+def test_eval_never_replaces_the_synthetic_set_it_would_score_otherwise(
+        synthetic_sid: Path, constant_checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint trained on a set made with other settings than eval's defaults: eval.py
+    used to regenerate that set (the training data was gone, and other images were scored)."""
+    overrides = [o.replace("num_val_scenes=1", "num_val_scenes=2")
+                 for o in fixture_data_overrides(synthetic_sid, tmp_path / "cache")]
+    overrides += ["data.progress=false", f"ckpt={constant_checkpoint}",
+                  f"output={tmp_path / 'eval'}"]
+    assert "data.synthetic.num_val_scenes=2" in overrides
+    marker = (synthetic_sid / ".darkraw_synthetic.json").read_bytes()
+    proc = run_entry_point("eval.py", *overrides, check=False)
+    assert proc.returncode != 0
+    assert (f"darkraw: error: data.root={synthetic_sid} holds the synthetic set generated with "
+            "other settings than data.synthetic.num_val_scenes=2; it is not replaced here: pass "
+            f"data.synthetic.num_val_scenes={FIXTURE_SET['num_val_scenes']} to score that set"
+            in proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (synthetic_sid / ".darkraw_synthetic.json").read_bytes() == marker
+    assert not (tmp_path / "eval").exists()

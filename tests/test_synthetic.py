@@ -210,6 +210,25 @@ def test_changed_parameters_regenerate_and_remove_stale_files(tmp_path: Path) ->
     assert marker["parameters"]["num_train_scenes"] == 1
 
 
+def test_a_set_with_other_settings_is_kept_and_named_when_replacing_is_off(
+        tmp_path: Path) -> None:
+    """eval.py's case: the set a model was trained on is never replaced to score it."""
+    root = generate_synthetic_sid(tmp_path / "set", **TINY)
+    age_files(root)
+    before = dng_files(root)
+    other = {**TINY, "height": 32, "ratios": [100, 300]}
+    with pytest.raises(ConfigError, match=re.escape(
+            f"data.root={root} holds the synthetic set generated with other settings than "
+            "data.synthetic.height=32, data.synthetic.ratios=[100, 300]; it is not replaced here: "
+            "pass data.synthetic.height=64 data.synthetic.ratios=[100,250,300] to score that set, "
+            "or another data.root to generate one with these settings")):
+        generate_synthetic_sid(root, **other, replace_other_set=False)
+    assert dng_files(root) == before
+    assert generate_synthetic_sid(root, **TINY, replace_other_set=False) == root  # same: reused
+    fresh = generate_synthetic_sid(tmp_path / "new", **other, replace_other_set=False)
+    assert json.loads((fresh / MARKER_NAME).read_text())["parameters"]["height"] == 32
+
+
 def test_refuses_to_delete_real_data(tmp_path: Path) -> None:
     real = tmp_path / "sid" / "Sony" / "short" / "00001_00_0.1s.ARW"
     real.parent.mkdir(parents=True)
