@@ -328,6 +328,10 @@ class LearningHealth(HealthCallback):
             "tracks": {name: vars(track).copy() for name, track in self.tracks.items()},
             "collapsed": self.collapsed, "vanishing": self.vanishing,
             "vanishing_since": self.vanishing_since,
+            # The training loss since the last validation: without it a run resumed just before
+            # a validation would judge that interval by the batches after the resume alone.
+            "loss_sum": self._loss_sum, "loss_count": self._loss_count,
+            "warned": sorted(self._warned),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -341,3 +345,6 @@ class LearningHealth(HealthCallback):
         self.collapsed = int(state_dict.get("collapsed", 0))
         self.vanishing = int(state_dict.get("vanishing", 0))
         self.vanishing_since = state_dict.get("vanishing_since")
+        self._loss_sum = float(state_dict.get("loss_sum", 0.0))
+        self._loss_count = int(state_dict.get("loss_count", 0))
+        self._warned = set(state_dict.get("warned", ()))

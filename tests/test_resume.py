@@ -130,6 +130,17 @@ def assert_same_as_reference(folder: Path, reference: Path) -> None:
     for key, value in ref["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=1e-4, atol=1e-6)
     assert [s for s, _ in column(rows, "val/psnr")] == [s for s, _ in column(ref_rows, "val/psnr")]
+    # The learning-health alarms judge the resumed run as the uninterrupted one: same tracks,
+    # and the same training loss gathered since the last validation (not only after the resume).
+    [health_key] = [key for key in ref["callbacks"] if key.startswith("LearningHealth")]
+    health, ref_health = final["callbacks"][health_key], ref["callbacks"][health_key]
+    assert ref_health["loss_count"] == MAX_STEPS % 4 and ref_health["tracks"]
+    assert health["loss_count"] == ref_health["loss_count"]
+    assert health["loss_sum"] == pytest.approx(ref_health["loss_sum"], rel=1e-5)
+    for name, track in ref_health["tracks"].items():
+        for key in ("best", "last"):
+            assert health["tracks"][name][key] == pytest.approx(track[key], rel=1e-5), (name, key)
+        assert health["tracks"][name]["stalled"] == track["stalled"]
 
 
 def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_dir: Path,
