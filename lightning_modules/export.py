@@ -7,6 +7,9 @@ Batch, height and width are dynamic. Height and width are declared as ``16 * k``
 size must be a multiple of 16), which is what lets ``torch.export`` prove the pixel
 (un)shuffles exact; an input whose packed size is not a multiple of 16 is refused by the runtime.
 
+After writing, the CLI runs the file in ONNX Runtime at two sizes and compares it with PyTorch:
+above :data:`ONNX_TOLERANCE` it exits 1 and removes the file (:func:`check_export` says why).
+
     python -m lightning_modules.export ckpt=path/to/last.ckpt out=model.onnx
     python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --opset 18
     python -m lightning_modules.export --ckpt path/to/last.ckpt --out model.onnx --no-check
@@ -144,25 +147,137 @@ def run_onnx(session: object, x: torch.Tensor) -> np.ndarray:
 def check_onnx(onnx_path: str | Path, net: nn.Module, input: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime (CPU) and PyTorch on ``input``.
 
-    ``net`` may be the training form or the folded one: both compute the same function.
+    ``net`` may be the training form or the folded one: both compute the same function. A NaN
+    anywhere in either output makes the result NaN (``np.abs(...).max()`` propagates it), which
+    :func:`verify_onnx` treats as a failure.
     """
     with torch.inference_mode():
         expected = net(input.float()).float().cpu().numpy()
     actual = run_onnx(onnx_session(onnx_path), input)
     if actual.shape != expected.shape:
-        raise AssertionError(
+        raise OnnxCheckError(
             f"{onnx_path}: ONNX output shape {actual.shape} differs from PyTorch's "
             f"{expected.shape} for input {tuple(input.shape)}"
         )
     return float(np.abs(actual - expected).max())
 
 
-def _key_value_to_flags(argv: Sequence[str]) -> list[str]:
-    """Accept Hydra-style ``ckpt=... out=...`` as well as ``--ckpt ... --out ...``."""
+# Largest max-abs difference between ONNX Runtime and PyTorch that still counts as the same model.
+# The output is clamped to [0, 1], so this absolute bound is also 1e-4 of the output's full range.
+# Measured on the real network: about 2.6e-5 (float32 convs summing in another order), so a
+# correct export passes with a 4x margin; a wrong one (a lost fold, swapped weights, a mis-traced
+# shuffle) is off by far more: a 0.02 change to one bias already fails it (tests/test_export.py).
+ONNX_TOLERANCE = 1e-4
+
+
+class OnnxCheckError(AssertionError):
+    """ONNX Runtime does not compute what PyTorch computes (shape, or numbers beyond tolerance)."""
+
+
+def verify_onnx(onnx_path: str | Path, net: nn.Module, sizes: Sequence[tuple[int, int]],
+                tolerance: float = ONNX_TOLERANCE) -> list[float]:
+    """The max abs difference at each packed ``(height, width)``; raises if one is too large.
+
+    Returning the diffs without judging them made the check a printout that could not fail: an
+    export off by 0.5 exited 0 like a good one. NaN counts as too large (``nan > tol`` is False).
+    """
+    diffs: list[float] = []
+    for h, w in sizes:
+        diff = check_onnx(onnx_path, net, example_input(1, h, w, seed=1))
+        if not diff <= tolerance:
+            raise OnnxCheckError(
+                f"{onnx_path}: ONNX Runtime differs from PyTorch by max abs {diff:.2e} at packed "
+                f"{h}x{w}, above the tolerance {tolerance:.0e}"
+            )
+        diffs.append(diff)
+    return diffs
+
+
+def check_export(onnx_path: Path, net: nn.Module, sizes: Sequence[tuple[int, int]],
+                 tolerance: float = ONNX_TOLERANCE) -> int:
+    """The CLI's check: print each size's diff; on a failure remove the file and return 1.
+
+    The file is removed rather than kept with a warning: a script (or a person skimming the log)
+    that sees ``model.onnx`` beside an exit status it did not look at would ship a model known to
+    be wrong, and the opset refusal already keeps no file. Whoever wants the file anyway, to
+    inspect it, gets it from ``--no-check``, which the error says.
+    """
+    try:
+        diffs = verify_onnx(onnx_path, net, sizes, tolerance)
+    except OnnxCheckError as error:
+        onnx_path.unlink(missing_ok=True)
+        print(f"darkraw: error: {error}; the export is wrong, so no file was kept (--no-check "
+              "writes it unchecked, e.g. to inspect it)", file=sys.stderr)
+        return 1
+    for (h, w), diff in zip(sizes, diffs, strict=True):
+        print(f"onnxruntime vs PyTorch at packed {h}x{w}: max abs diff {diff:.2e} "
+              f"(tolerance {tolerance:.0e})")
+    return 0
+
+
+KEY_VALUE = re.compile(r"([A-Za-z_][\w-]*)=(.*)", re.DOTALL)
+
+
+def _option_action(parser: argparse.ArgumentParser, token: str) -> argparse.Action | None:
+    """The option ``token`` names as argparse would read it: exactly, or a unique ``--`` prefix.
+
+    argparse accepts ``--ck`` for ``--ckpt``; the value after it must be left alone just as
+    after ``--ckpt``. ``--ckpt=path`` carries its value and names no option awaiting one.
+    """
+    actions = [a for a in parser._actions if token in a.option_strings]
+    if not actions and token.startswith("--") and parser.allow_abbrev:
+        actions = [a for a in parser._actions
+                   if any(opt.startswith(token) for opt in a.option_strings)]
+    return actions[0] if len(actions) == 1 else None
+
+
+def _key_value_to_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Accept Hydra-style ``ckpt=... out=...`` as well as ``--ckpt ... --out ...``.
+
+    Only a token where an option may start is rewritten, and only when its key names one of
+    ``parser``'s options: the value after ``--ckpt`` or ``--out`` is left as it is, since paths
+    of Hydra sweep folders hold ``=`` themselves (``seed=1/checkpoints/last.ckpt``,
+    ``lr=1e-4.onnx``) and rewriting them turned a path into an unknown flag. An unknown key is
+    refused here, by name and with the closest option, instead of reaching argparse as a stray
+    argument reported far from what was mistyped.
+    """
+    from darkraw.suggest import did_you_mean
+
+    options = {opt[2:]: action for action in parser._actions for opt in action.option_strings
+               if opt.startswith("--")}
     flags: list[str] = []
-    for token in argv:
-        match = re.fullmatch(r"([A-Za-z_][\w-]*)=(.*)", token)
-        flags.extend([f"--{match.group(1)}", match.group(2)] if match else [token])
+    takes_value: str | None = None  # the nargs of the option just read, while it awaits a value
+    for index, token in enumerate(argv):
+        if token == "--":
+            flags.extend(argv[index:])
+            break
+        match = KEY_VALUE.fullmatch(token)
+        key = match.group(1).replace("_", "-") if match else None
+        if takes_value is not None and not (takes_value == "?" and key in options):
+            flags.append(token)  # the value of the option before it, whatever it holds
+            takes_value = None
+            continue
+        takes_value = None
+        if token.startswith("-"):
+            action = _option_action(parser, token)
+            if action is not None and action.nargs != 0:
+                takes_value = "?" if action.nargs == "?" else "1"
+            flags.append(token)
+        elif match and key in options:
+            action = options[key]
+            if action.nargs == 0:  # a switch: static=true is --static, static=false nothing
+                try:
+                    on = parse_bool(match.group(2))
+                except argparse.ArgumentTypeError as error:
+                    parser.error(f"{token}: {error}")
+                flags.extend([f"--{key}"] if on else [])
+            else:
+                flags.extend([f"--{key}", match.group(2)])
+        elif match:
+            hint = did_you_mean(key, options, "") or f"the options are {sorted(options)}"
+            parser.error(f"{token}: {match.group(1)} is not an option of this command: {hint}")
+        else:
+            flags.append(token)
     return flags
 
 
@@ -184,7 +299,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                         "--check false or --no-check skips it)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the ONNX Runtime comparison")
-    return parser.parse_args(_key_value_to_flags(argv))
+    return parser.parse_args(_key_value_to_flags(argv, parser))
 
 
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
@@ -254,14 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"darkraw: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({'static' if args.static else 'dynamic batch/height/width'})")
-    if args.check:
-        sizes = [(args.height, args.width)]
-        if not args.static:
-            sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
-        for h, w in sizes:
-            diff = check_onnx(path, net, example_input(1, h, w, seed=1))
-            print(f"onnxruntime vs PyTorch at packed {h}x{w}: max abs diff {diff:.2e}")
-    return 0
+    if not args.check:
+        return 0
+    sizes = [(args.height, args.width)]
+    if not args.static:
+        sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
+    return check_export(path, net, sizes)
 
 
 if __name__ == "__main__":

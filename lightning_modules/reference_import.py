@@ -285,12 +285,21 @@ def lightning_checkpoint(net: DarkRestorationNet, **provenance: Any) -> dict[str
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], out: str | Path) -> Path:
-    """Write through a temporary file in the same folder, so a crash leaves no half file."""
+    """Write through a temporary file in the same folder, so a crash leaves no half file.
+
+    The temporary file goes whenever the write or the final rename fails (a folder at ``out``,
+    a full disk, an unpicklable value, Ctrl-C): left behind, a hidden 3 MB ``.partial`` would
+    pile up beside the checkpoints with nothing to say what it is.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
-    torch.save(dict(checkpoint), partial)
-    os.replace(partial, out)
+    try:
+        torch.save(dict(checkpoint), partial)
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -324,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.reference is None or args.out is None:
         parser.error("give the authors' .pt file and the .ckpt to write (or --list-keys)")
+    if args.out.is_dir():
+        # Even with --force: a folder is never what was meant to be overwritten, and the
+        # rename onto it would fail only after the whole conversion.
+        print(f"darkraw: error: {args.out} is a folder: name the checkpoint file to write "
+              f"inside it, e.g. {args.out / (args.reference.stem + '.ckpt')}", file=sys.stderr)
+        return 2
     if args.out.exists() and not args.force:
         print(f"darkraw: error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
         return 2

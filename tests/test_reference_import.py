@@ -237,6 +237,37 @@ def test_cli_refuses_to_overwrite_and_reports_bad_files(
     assert "62 missing tensor(s)" in err and out.read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_cli_refuses_a_folder_as_out(
+    reference_file: tuple[Path, DarkRestorationNet], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], force: list[str],
+) -> None:
+    """A folder was 'exists; pass --force', then with --force 'Is a directory' and a .partial."""
+    path, _ = reference_file
+    folder = tmp_path / "imp" / "out.ckpt"
+    folder.mkdir(parents=True)
+    assert main([str(path), str(folder), *force]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"darkraw: error: {folder} is a folder: name the checkpoint file to write "
+                    f"inside it, e.g. {folder / 'reference.ckpt'}")
+    assert folder.is_dir() and not list(folder.iterdir())
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["out.ckpt"]  # no .partial
+
+
+def test_a_failed_write_or_rename_leaves_no_partial_file(tmp_path: Path) -> None:
+    from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
+
+    taken = tmp_path / "taken.ckpt"  # the final os.replace fails: a folder holds the name
+    taken.mkdir()
+    with pytest.raises(IsADirectoryError):
+        save_checkpoint(lightning_checkpoint(perturbed_net()), taken)
+    unpicklable = {"state_dict": {"w": torch.zeros(1000)}, "rows": (i for i in range(3))}
+    with pytest.raises(TypeError, match="cannot pickle"):  # the write itself fails half way
+        save_checkpoint(unpicklable, tmp_path / "half.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.ckpt"]
+    assert not list(taken.iterdir())
+
+
 
 def test_list_keys_prints_the_spec_key_list(capsys: pytest.CaptureFixture[str]) -> None:
     """The key list users can check a download against is the importer's own mapping."""
