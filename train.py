@@ -62,6 +62,13 @@ def main(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
     except Terminated as error:  # SIGTERM outside trainer.fit (JobStatus's handler): exit 143
         status.interrupted(error)
+        if error.trained_step is not None:
+            print(f"\ndarkraw: stopped by SIGTERM after training had finished at step "
+                  f"{error.trained_step} (testing the best checkpoint or writing the run's "
+                  f"summary), exit status {error.code}; the checkpoints are kept: the same "
+                  "command ends training at once and does the rest again", file=sys.stderr,
+                  flush=True)
+            raise
         print("\ndarkraw: stopped by SIGTERM before training (data, cache or pre-flight check), "
               f"exit status {error.code}; the same command continues (a half-built cache is "
               "completed, finished entries are kept)", file=sys.stderr, flush=True)

@@ -58,6 +58,7 @@ from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
 from lightning_modules.losses import ms_ssim_min_side
 from lightning_modules.module import RestorationModule
+from sweeps.job_status import Terminated
 
 log = logging.getLogger(__name__)
 
@@ -617,32 +618,43 @@ def train(cfg: DictConfig) -> RunSummary:
     if ckpt_path is None:
         # Seconds of checks before hours of training; a resumed run passed them already.
         run_preflight(module, datamodule, cfg.get("preflight"), trainer.strategy.root_device)
-    failed = True
+    trained_step: int | None = None  # set once fit has finished: a SIGTERM after it says so
     try:
-        log_resolved_config(loggers, cfg)
-        if ckpt_path:
-            log.info("Resuming from %s", ckpt_path)
-            # Lightning warns that the folder is not empty: it holds the checkpoint this
-            # run continues from, as it should.
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not "
-                                    "empty")
+        failed = True
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except SIGTERMException as stop:
-            raise sigterm_exit(trainer, ckpt_dir) from stop
-        raise_if_unhealthy(trainer)  # a health callback stopped it: exit 1, with the reason
-        # trainer.test replaces callback_metrics: keep the last validation's figures.
-        fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        if cfg.get("test_after_fit"):
-            trainer.test(module, datamodule=datamodule, ckpt_path="best")
-        summary = summarise(trainer, output_dir, loggers, started, fit_metrics)
-        failed = False
-    finally:
-        finish_wandb()
-        # DDP: wait for the other ranks and free the process group before the next job.
-        release_ranks(trainer, failed)
-    if trainer.is_global_zero:
-        print_summary(summary)
+            log_resolved_config(loggers, cfg)
+            if ckpt_path:
+                log.info("Resuming from %s", ckpt_path)
+                # Lightning warns that the folder is not empty: it holds the checkpoint this
+                # run continues from, as it should.
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and "
+                                        "is not empty")
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            except SIGTERMException as stop:
+                raise sigterm_exit(trainer, ckpt_dir) from stop
+            raise_if_unhealthy(trainer)  # a health callback stopped it: exit 1, with the reason
+            trained_step = trainer.global_step
+            # trainer.test replaces callback_metrics: keep the last validation's figures.
+            fit_metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            if cfg.get("test_after_fit"):
+                try:
+                    trainer.test(module, datamodule=datamodule, ckpt_path="best")
+                except SIGTERMException as stop:
+                    # Lightning's SystemExit without a code: the process would exit 0, and a
+                    # SLURM time limit in the test phase would look like a finished job.
+                    raise Terminated(trained_step) from stop
+            summary = summarise(trainer, output_dir, loggers, started, fit_metrics)
+            failed = False
+        finally:
+            finish_wandb()
+            # DDP: wait for the other ranks and free the process group before the next job.
+            release_ranks(trainer, failed)
+        if trainer.is_global_zero:
+            print_summary(summary)
+    except Terminated as stop:  # after fit, SIGTERM is JobStatus's again (train.py reports it)
+        stop.trained_step = trained_step
+        raise
     return summary
 
 

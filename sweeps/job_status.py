@@ -176,8 +176,11 @@ class Terminated(SystemExit):
     interruptions run, and Hydra passes it on instead of calling it a job failure.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trained_step: int | None = None) -> None:
         super().__init__(SIGTERM_EXIT)
+        #: The step training had finished at, when the signal came after it (testing the best
+        #: checkpoint, plotting, closing W&B): the message then says the model is trained.
+        self.trained_step = trained_step
 
 
 class JobStatus:

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from lightning_modules.module import RestorationModule
 from tests.helpers import (
     FAST_TRAIN,
+    FIXTURE_SET,
     REPO,
     fixture_data_overrides,
     run_entry_point,
@@ -389,3 +390,26 @@ def test_testing_after_fit_keeps_the_validation_figures(synthetic_sid: Path,
     metrics = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())["metrics"]
     assert {"val/psnr", "val/ssim", "test/psnr", "test/ssim"} <= set(metrics)
     assert "last val PSNR" in proc.stderr and "test (best ckpt)" in proc.stderr
+
+
+def test_sigterm_while_testing_after_fit_exits_143_saying_training_had_finished(
+        tmp_path: Path) -> None:
+    """Lightning's SIGTERM in trainer.test is a SystemExit without a code: the process exited 0
+    and a SLURM time limit during experiment=paper's test phase looked like a finished job.
+
+    Its own small set with two test images: Lightning acts on a SIGTERM only between batches.
+    """
+    two_test_images = {**FIXTURE_SET, "num_train_scenes": 1, "num_test_scenes": 2}
+    own_set = [f"data.root={tmp_path / 'set'}", f"data.cache_dir={tmp_path / 'cache'}",
+               f"paths.root_dir={tmp_path}",
+               *(f"data.synthetic.{key}={value}" for key, value in two_test_images.items())]
+    proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
+                           "test_after_fit=true", *own_set, "data.progress=false",
+                           "+callbacks.stop._target_=tests.signal_helpers.SigtermWhenTesting",
+                           check=False)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert ("darkraw: stopped by SIGTERM after training had finished at step 2 (testing the best "
+            "checkpoint or writing the run's summary), exit status 143" in proc.stderr)
+    assert "before training" not in proc.stderr and "Traceback" not in proc.stderr
+    status = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())
+    assert status["status"] == "interrupted"

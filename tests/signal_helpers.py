@@ -1,0 +1,22 @@
+"""Callbacks that signal their own train.py process at a chosen moment, for the stop tests.
+
+A real SIGTERM through the real handlers, at a moment a test cannot hit from outside by timing
+(the test phase after fit lasts a fraction of a second on the fixture's data).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import lightning as L
+
+
+class SigtermWhenTesting(L.Callback):
+    """SIGTERM at the first test batch: what a SLURM time limit in ``test_after_fit`` does."""
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
