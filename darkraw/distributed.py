@@ -300,16 +300,34 @@ def set_aside_previous_run(checkpoint_dir: Path, run_dir: Path | None = None) ->
     return target
 
 
+def slurm_restart_count() -> int:
+    """How often SLURM restarted this job (requeued or after a node failure); 0 outside SLURM."""
+    try:
+        return max(int(os.environ.get("SLURM_RESTART_COUNT", "0")), 0)
+    except ValueError:
+        return 0
+
+
 def resume_checkpoint(mode: object, checkpoint_dir: Path, requeue_dir: Path,
                       run_dir: Path | None = None) -> str | None:
     """What ``Trainer.fit`` continues from: ``last.ckpt`` or a newer SLURM requeue checkpoint.
 
+    ``resume=false`` holds for a job's first start only: a job SLURM requeued resumes.
     ``resume=false`` deletes stale requeue checkpoints: under SLURM Lightning would otherwise load
     one silently, because it looks for them whenever ``ckpt_path`` is None. Every rank deletes
     them before its own ``fit``, because Lightning picks the checkpoint before the ranks first
     synchronise: deleting on rank 0 only could leave another rank resuming alone.
     """
     requeued = requeue_checkpoints(requeue_dir)
+    restarts = slurm_restart_count()
+    if str(mode).lower() == "false" and restarts:
+        # A requeued job runs its command again, resume=false included: it would start over at
+        # every preemption or time limit, deleting the requeue checkpoint made for it.
+        if env_global_rank() == 0:
+            log.warning("resume=false, but this SLURM job was requeued (SLURM_RESTART_COUNT=%d): "
+                        "it continues the run it started instead of starting over again",
+                        restarts)
+        mode = "auto"
     if str(mode).lower() == "false":
         if requeued and env_global_rank() == 0:
             log.warning("resume=false: removing SLURM requeue checkpoints %s",

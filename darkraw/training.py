@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -425,7 +426,8 @@ def build_plugins(cfg: DictConfig) -> list[Any]:
     return plugins
 
 
-def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path) -> SystemExit:
+def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
+                 resume_mode: object = "auto") -> SystemExit:
     """SIGTERM'd (or Ctrl-C'd) fit: say where it stopped and how to resume; exit 143 (128 +
     SIGTERM), or 130 (128 + SIGINT).
 
@@ -442,10 +444,14 @@ def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path) -> SystemExit:
         where = f"no {last} to resume from: a relaunch starts over"
     else:
         where = f"resume point {last}" + (f" at step {saved[0]}" if saved else "")
+    if str(resume_mode).lower() == "false":
+        # The same command would start over (a SLURM requeue of it does resume).
+        how = "Relaunch it without resume=false to resume (resume=false starts over again)"
+    else:
+        how = "Relaunch the same command to resume (resume=auto)"
     if trainer.is_global_zero:
         print(f"darkraw: stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step "
-              f"{trainer.global_step}; {where}. Relaunch the same command to resume "
-              "(resume=auto).", file=sys.stderr, flush=True)
+              f"{trainer.global_step}; {where}. {how}.", file=sys.stderr, flush=True)
     return SystemExit(130 if ctrl_c else 143)
 
 
@@ -489,6 +495,16 @@ def summarise(trainer: L.Trainer, output_dir: Path, loggers: list[Logger],
     return summary
 
 
+def wandb_sync_command(segment: Path) -> str:
+    """The command that uploads the whole run: every launch of a resumed run wrote its own
+    ``offline-run-*`` folder (of one run id), and syncing only this launch's would upload the
+    steps since the last resume alone."""
+    folder = segment.parent
+    if len(list(folder.glob("offline-run-*"))) > 1:
+        return f"wandb sync {shlex.quote(str(folder))}/offline-run-*"
+    return f"wandb sync {shlex.quote(str(segment))}"
+
+
 def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input") -> None:
     """Where everything is, in full paths (people copy them), and whether the net beat its input."""
     rows: list[tuple[str, object]] = [
@@ -516,8 +532,8 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
             line += f", SSIM {summary.metrics['test/ssim']:.4f}"
         rows.append(("test (best ckpt)", line))
     if summary.wandb_dir:
-        rows.append(("see it in W&B", f"wandb sync {summary.wandb_dir}"))
-        rows.append(("browse offline", f"wandb leet {summary.wandb_dir.parent}"))
+        rows.append(("see it in W&B", wandb_sync_command(summary.wandb_dir)))
+        rows.append(("browse offline", f"wandb leet {shlex.quote(str(summary.wandb_dir.parent))}"))
     width = max(len(label) for label, _ in rows)
     lines = [f"darkraw: run finished at step {summary.global_step} "
              f"({summary.wall_seconds / 60:.1f} min)"]
@@ -632,7 +648,7 @@ def train(cfg: DictConfig) -> RunSummary:
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             except SIGTERMException as stop:
-                raise sigterm_exit(trainer, ckpt_dir) from stop
+                raise sigterm_exit(trainer, ckpt_dir, cfg.get("resume", "auto")) from stop
             raise_if_unhealthy(trainer)  # a health callback stopped it: exit 1, with the reason
             trained_step = trainer.global_step
             # trainer.test replaces callback_metrics: keep the last validation's figures.

@@ -20,3 +20,12 @@ class SigtermWhenTesting(L.Callback):
                             batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermAtFirstStep(L.Callback):
+    """SIGTERM after the first training batch: a preemption in the middle of training."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)

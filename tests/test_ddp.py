@@ -122,6 +122,25 @@ def test_resume_prefers_a_newer_slurm_requeue_checkpoint(tmp_path: Path) -> None
     assert resume_checkpoint("false", ckpt_dir, tmp_path) is None and ckpt_dir.is_dir()
 
 
+def test_a_requeued_slurm_job_resumes_even_with_resume_false(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM requeues a job with its own command line: resume=false would start it over at every
+    time limit or preemption, deleting the requeue checkpoint written for it."""
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    last = ckpt_dir / "last.ckpt"
+    last.write_bytes(b"last")
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"hpc")
+    os.utime(last, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert resume_checkpoint("false", ckpt_dir, tmp_path) == str(hpc)
+    assert last.is_file() and hpc.is_file() and not list(tmp_path.glob("replaced-*"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the job's first start: resume=false holds
+    assert resume_checkpoint("false", ckpt_dir, tmp_path) is None
+    assert not hpc.exists() and list(tmp_path.glob("replaced-*"))
+
+
 @pytest.mark.slow
 def test_two_cpu_ranks_train_one_run(synthetic_sid: Path, tmp_path: Path) -> None:
     """trainer=ddp with 2 gloo ranks: both train, each on its own shard, and one run comes out."""

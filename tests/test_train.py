@@ -7,6 +7,7 @@ import fcntl
 import json
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -324,6 +325,8 @@ def test_relaunching_resumes_into_the_same_wandb_run(synthetic_sid: Path, tmp_pa
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2
     assert all(p.name.endswith(f"-{run_id}") for p in offline_runs)  # `wandb sync` merges them
+    # The summary's upload command takes every launch's folder, not only the last one's.
+    assert f"wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*" in second.stderr
 
 
 def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
@@ -413,3 +416,17 @@ def test_sigterm_while_testing_after_fit_exits_143_saying_training_had_finished(
     assert "before training" not in proc.stderr and "Traceback" not in proc.stderr
     status = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())
     assert status["status"] == "interrupted"
+
+
+def test_sigterm_of_a_resume_false_run_does_not_say_the_same_command_resumes(
+        synthetic_sid: Path, tmp_path: Path) -> None:
+    """The same command, resume=false included, would move the checkpoint aside and start over."""
+    proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=4", "logger=none",
+                           "preflight.enabled=false", "resume=false",
+                           *data_overrides(synthetic_sid, tmp_path),
+                           "+callbacks.stop._target_=tests.signal_helpers.SigtermAtFirstStep",
+                           check=False)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert ("Relaunch it without resume=false to resume (resume=false starts over again)."
+            in proc.stderr), proc.stderr[-3000:]
+    assert "Relaunch the same command" not in proc.stderr
