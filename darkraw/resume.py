@@ -3,10 +3,12 @@ finds its last checkpoint in its (override-named, not timestamped) output folder
 
 from __future__ import annotations
 
+import json
 import pickle
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from darkraw.checkpoints import first_line, load_torch_file
 from darkraw.errors import ConfigError, DataError
@@ -87,3 +89,89 @@ def unreadable(path: Path) -> str | None:
         # torch's first sentence says what failed; the rest of its line is generic advice.
         return f"{type(cause).__name__}: {first_line(cause).split('. ')[0]}"
     return None
+
+
+#: The module's hyper-parameters that say what is trained, by their config group. The others
+#: (``compile``, ``train_metrics_every_n_steps``, ``summary_image_size``) say how it runs or is
+#: logged, and may change between launches.
+TRAINING_HPARAMS = {"net": "model", "loss": "loss", "optimizer": "optimizer",
+                    "scheduler": "scheduler"}
+
+
+def _flat(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"<prefix>.a.b": 1}``, values JSON-normalised (tuples: lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, name))
+        else:
+            flat[name] = json.loads(json.dumps(value, default=str))
+    return flat
+
+
+def training_settings(module_hparams: Mapping[str, Any],
+                      data_hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings a run's training depends on, flat and named as on the command line."""
+    settings: dict[str, Any] = {}
+    for key, group in TRAINING_HPARAMS.items():
+        value = module_hparams.get(key)
+        if isinstance(value, Mapping):
+            settings.update(_flat(value, group))
+    settings.update(_flat(dict(data_hparams or {}), "data"))
+    return settings
+
+
+def changed_settings(checkpoint: Mapping[str, Any], current: Mapping[str, Any],
+                     ignored: Iterable[str] = ()) -> list[str]:
+    """``current``'s settings that differ from those the checkpoint was trained with.
+
+    Only settings both sides have count: a setting a newer darkraw added is not a change.
+    ``ignored``: config keys that may change between launches (hydra's ``exclude_keys``: paths,
+    loader workers, progress bars), or a group of them (``data``).
+    """
+    trained = training_settings(checkpoint.get("hyper_parameters") or {},
+                                checkpoint.get("datamodule_hyper_parameters"))
+    skip = tuple(ignored)
+
+    def is_ignored(name: str) -> bool:
+        return any(name == key or name.startswith(f"{key}.") for key in skip)
+
+    return [f"{name}={current[name]!r} (the checkpoint's run: {trained[name]!r})"
+            for name in sorted(trained.keys() & current.keys())
+            if not is_ignored(name) and trained[name] != current[name]]
+
+
+def check_resume_settings(path: str | Path | None, module_hparams: Mapping[str, Any],
+                          data_hparams: Mapping[str, Any] | None,
+                          ignored: Iterable[str] = ()) -> None:
+    """Refuse to resume a checkpoint under settings other than those it was trained with.
+
+    Lightning would load the weights into whatever network this command builds and restore the
+    optimizer's learning rate from the file: an edited experiment file, ``conf/local``, or a run
+    folder pinned with ``hydra.run.dir`` continued the old run under the new settings, with the
+    new learning rate silently ignored. The run folder is named by command-line overrides only,
+    so a changed config file does not change it.
+    """
+    if path is None:
+        return
+    try:
+        checkpoint = load_torch_file(path, "resume", "")
+    except DataError:
+        return  # not loadable with weights only: check_resume_checkpoint's and Lightning's case
+    if not isinstance(checkpoint, Mapping):
+        return
+    changes = changed_settings(checkpoint, training_settings(module_hparams, data_hparams),
+                               ignored)
+    if not changes:
+        return
+    run_folder = Path(path).parent.parent
+    raise ConfigError(
+        f"cannot resume {path}: it was trained with other settings than this command's: "
+        f"{'; '.join(changes)}. Resuming would continue that run under the new settings (its "
+        "learning rate and other optimizer state come back from the file). Either use the "
+        "checkpoint's settings (did a config file change? the run folder is named by the "
+        "command-line overrides only), or start over with resume=false (the old run moves to "
+        f"{run_folder}/replaced-<date-time>/), or give this run a folder of its own "
+        "(hydra.run.dir=...)"
+    )

@@ -53,7 +53,7 @@ from darkraw.health import raise_if_unhealthy
 from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
 from darkraw.plots import plot_learning_curve
 from darkraw.preflight import check_preflight_options, run_preflight
-from darkraw.resume import check_resume_checkpoint
+from darkraw.resume import check_resume_checkpoint, check_resume_settings
 from darkraw.suggest import did_you_mean
 from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
@@ -403,6 +403,14 @@ def log_resolved_config(loggers: list[Logger], cfg: DictConfig) -> None:
         logger.log_hyperparams(resolved)  # type: ignore[arg-type]
 
 
+def run_identity_exclusions() -> list[str]:
+    """The config keys that do not name a run's folder (``exclude_keys`` in conf/hydra), so they
+    may change between the launches of one run: paths, loader workers, progress bars, loggers."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
+
+
 def checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
     """Where last.ckpt lives: callbacks/last_checkpoint.py writes it (resume reads it)."""
     callbacks = cfg.get("callbacks") or {}
@@ -550,6 +558,13 @@ def quiet_library_noise() -> None:
         "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging",
         category=PossibleUserWarning,
     )
+    # A mid-epoch resume: Lightning cannot see that darkraw's patch stream resumes exactly (the
+    # data module restarts it at the checkpoint's batch count, datamodules/patch_stream.py; the
+    # resume tests compare the weights with an uninterrupted run's), and calls it unreliable.
+    warnings.filterwarnings(
+        "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended "
+        "and your dataloader is not resumable", category=PossibleUserWarning,
+    )
     # Lightning 2.6 uses an API that torch 2.13 deprecates, once per run; nothing for users to do.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
@@ -618,6 +633,9 @@ def train(cfg: DictConfig) -> RunSummary:
                       "checkpoints, metrics and images")
 
     datamodule = instantiate_checked(cfg.data, _convert_="all")
+    # Before anything is trained or logged: a resume under other settings is refused by name.
+    check_resume_settings(ckpt_path, module.hparams, getattr(datamodule, "hparams", None),
+                          run_identity_exclusions())
     callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         # `trainer.enable_progress_bar=false` is how users (and CI logs) ask for plain output.

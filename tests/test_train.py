@@ -329,7 +329,7 @@ def test_relaunching_resumes_into_the_same_wandb_run(synthetic_sid: Path, tmp_pa
     assert f"wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*" in second.stderr
 
 
-def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
+def test_only_lightnings_false_alarms_are_silenced() -> None:
     from lightning.pytorch.utilities import rank_zero_warn
     from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
@@ -343,6 +343,10 @@ def test_only_lightnings_false_alarm_about_short_epochs_is_silenced() -> None:
                        " Trainer(log_every_n_steps=10). Set a lower value for log_every_n_steps if"
                        " you want to see logs for the training epoch.",
                        category=PossibleUserWarning)
+        # loops/training_epoch_loop.py, on every mid-epoch resume: the patch stream resumes.
+        rank_zero_warn("You're resuming from a checkpoint that ended before the epoch ended and "
+                       "your dataloader is not resumable. This can cause unreliable results if "
+                       "further training is done.", category=PossibleUserWarning)
         rank_zero_warn("The dataloader does not have many workers", category=PossibleUserWarning)
     assert [str(w.message) for w in caught] == ["The dataloader does not have many workers"]
 
@@ -430,3 +434,28 @@ def test_sigterm_of_a_resume_false_run_does_not_say_the_same_command_resumes(
     assert ("Relaunch it without resume=false to resume (resume=false starts over again)."
             in proc.stderr), proc.stderr[-3000:]
     assert "Relaunch the same command" not in proc.stderr
+
+
+def test_resuming_under_other_training_settings_is_refused_by_name(synthetic_sid: Path,
+                                                                     tmp_path: Path) -> None:
+    """A pinned run folder (or an edited config file) with a new lr and RDB variant resumed the
+    old weights into the other network and kept the checkpoint's lr, without a word."""
+    args = (*(o for o in FAST_TRAIN if not o.startswith("trainer.max_steps=")), "logger=none",
+            "preflight.enabled=false", "callbacks.image_panel=null",
+            *data_overrides(synthetic_sid, tmp_path), f"hydra.run.dir={tmp_path / 'run'}")
+    run_entry_point("train.py", *args, "trainer.max_steps=2")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    changed = run_entry_point("train.py", *args, "trainer.max_steps=2", "optimizer.lr=0.01",
+                              "model.rdb=after", check=False)
+    assert changed.returncode != 0
+    assert (f"darkraw: error: cannot resume {last}: it was trained with other settings than this "
+            "command's: model.rdb='after' (the checkpoint's run: 'before'); optimizer.lr=0.01 (the "
+            "checkpoint's run: 0.0005)." in changed.stderr), changed.stderr[-3000:]
+    assert "resume=false" in changed.stderr and "Traceback" not in changed.stderr
+    assert last.read_bytes() == before
+    # What only says how the run is run (loader workers, its length) may change: it resumes.
+    longer = run_entry_point("train.py", *args, "trainer.max_steps=3",
+                             "data.num_workers=1", "data.persistent_workers=false")
+    assert "Resuming from" in longer.stdout + longer.stderr
+    assert torch.load(last, weights_only=False)["global_step"] == 3
