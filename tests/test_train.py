@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import queue
 import re
-import select
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -252,17 +253,28 @@ def test_sigterm_before_training_says_so_and_exits_143(synthetic_sid: Path,
         process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert process.stdout is not None
-        seen = []
+        # Lines come from a reader thread: select() on the pipe misses lines already read into
+        # the text wrapper's buffer (two lines arriving together), and the wait then timed out.
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in process.stdout],
+                                  daemon=True)
+        reader.start()
+        seen: list[str] = []
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 5)
-            line = process.stdout.readline() if ready else ""
-            seen.append(line)
-            if "another process is building the darkraw cache" in line or process.poll():
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            if "another process is building the darkraw cache" in seen[-1]:
                 break
-        assert "another process is building" in seen[-1], "".join(seen)[-3000:]
+        assert seen and "another process is building" in seen[-1], "".join(seen)[-3000:]
         process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+        while not lines.empty():
+            seen.append(lines.get())
+        out = "".join(seen)
     assert process.returncode == 143, out[-3000:]
     assert "darkraw: stopped by SIGTERM before training" in out and "Traceback" not in out
     record = json.loads((only_run_dir(tmp_path) / "job_status.json").read_text())
