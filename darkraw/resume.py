@@ -36,8 +36,11 @@ def resolve_resume(mode: object, checkpoint_dir: Path) -> str | None:
     return None
 
 
-def check_resume_checkpoint(path: str | Path | None, others: Iterable[Path] = ()) -> None:
+def check_resume_checkpoint(path: str | Path | None, others: Iterable[Path] = ()) -> Any:
     """Fail in one line, before Lightning gets it, if the checkpoint to resume from is damaged.
+
+    Returns what the file holds (None if ``path`` is None, or if it holds pickled objects that a
+    weights-only load refuses), so :func:`check_resume_settings` need not read it again.
 
     A checkpoint cut short (a full disk before writes were atomic, a copy interrupted, a file
     truncated by hand) otherwise ends the run in torch's 30-line traceback ("PytorchStreamReader
@@ -46,11 +49,11 @@ def check_resume_checkpoint(path: str | Path | None, others: Iterable[Path] = ()
     as what to resume from instead.
     """
     if path is None:
-        return
+        return None
     path = Path(path)
-    problem = unreadable(path)
+    checkpoint, problem = _read(path)
     if problem is None:
-        return
+        return checkpoint
     intact = [p for p in others if Path(p) != path and Path(p).is_file() and unreadable(p) is None]
     fresh = ("start over with resume=false (the previous run's checkpoints, metrics and images "
              "are moved to <run folder>/replaced-<date-time>/, nothing is deleted)")
@@ -73,22 +76,27 @@ def check_resume_checkpoint(path: str | Path | None, others: Iterable[Path] = ()
 
 
 def unreadable(path: Path) -> str | None:
-    """Why ``path`` cannot be loaded as a checkpoint (torch's reason, one line), or None.
+    """Why ``path`` cannot be loaded as a checkpoint (torch's reason, one line), or None."""
+    return _read(path)[1]
+
+
+def _read(path: Path) -> tuple[Any, str | None]:
+    """What ``path`` holds, and why it cannot be loaded as a checkpoint (None if it can).
 
     Loaded with ``weights_only=True`` on the CPU (nothing from the file is executed); a file
-    that holds other pickled objects is readable, and Lightning decides what to do with it.
+    that holds other pickled objects is readable (its contents are then None here), and
+    Lightning decides what to do with it.
     """
     try:
-        load_torch_file(path, "resume", "")
+        return load_torch_file(path, "resume", ""), None
     except DataError as error:
         cause = error.__cause__
         if isinstance(cause, pickle.UnpicklingError) and "Unsupported global" in str(cause):
-            return None
+            return None, None
         if cause is None:
-            return str(error)
+            return None, str(error)
         # torch's first sentence says what failed; the rest of its line is generic advice.
-        return f"{type(cause).__name__}: {first_line(cause).split('. ')[0]}"
-    return None
+        return None, f"{type(cause).__name__}: {first_line(cause).split('. ')[0]}"
 
 
 #: The module's hyper-parameters that say what is trained, by their config group. The others
@@ -142,7 +150,8 @@ def changed_settings(checkpoint: Mapping[str, Any], current: Mapping[str, Any],
             if not is_ignored(name) and trained[name] != current[name]]
 
 
-def check_resume_settings(path: str | Path | None, module_hparams: Mapping[str, Any],
+def check_resume_settings(path: str | Path | None, checkpoint: Any,
+                          module_hparams: Mapping[str, Any],
                           data_hparams: Mapping[str, Any] | None,
                           ignored: Iterable[str] = ()) -> None:
     """Refuse to resume a checkpoint under settings other than those it was trained with.
@@ -151,15 +160,10 @@ def check_resume_settings(path: str | Path | None, module_hparams: Mapping[str, 
     optimizer's learning rate from the file: an edited experiment file, ``conf/local``, or a run
     folder pinned with ``hydra.run.dir`` continued the old run under the new settings, with the
     new learning rate silently ignored. The run folder is named by command-line overrides only,
-    so a changed config file does not change it.
+    so a changed config file does not change it. ``checkpoint``: the file's contents, as
+    :func:`check_resume_checkpoint` returns them (None: nothing to compare).
     """
-    if path is None:
-        return
-    try:
-        checkpoint = load_torch_file(path, "resume", "")
-    except DataError:
-        return  # not loadable with weights only: check_resume_checkpoint's and Lightning's case
-    if not isinstance(checkpoint, Mapping):
+    if path is None or not isinstance(checkpoint, Mapping):
         return
     changes = changed_settings(checkpoint, training_settings(module_hparams, data_hparams),
                                ignored)

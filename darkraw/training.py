@@ -627,15 +627,16 @@ def train(cfg: DictConfig) -> RunSummary:
     ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir, requeue_dir,
                                   run_dir=output_dir)
     # Lightning would end in torch's traceback on a damaged file; say which and what to do.
-    check_resume_checkpoint(ckpt_path, [*sorted(ckpt_dir.glob("*.ckpt")),
-                                        *requeue_checkpoints(requeue_dir)])
+    resumed = check_resume_checkpoint(ckpt_path, [*sorted(ckpt_dir.glob("*.ckpt")),
+                                                  *requeue_checkpoints(requeue_dir)])
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
 
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     # Before anything is trained or logged: a resume under other settings is refused by name.
-    check_resume_settings(ckpt_path, module.hparams, getattr(datamodule, "hparams", None),
-                          run_identity_exclusions())
+    check_resume_settings(ckpt_path, resumed, module.hparams,
+                          getattr(datamodule, "hparams", None), run_identity_exclusions())
+    del resumed  # the optimizer state is Lightning's to load, from the file
     callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         # `trainer.enable_progress_bar=false` is how users (and CI logs) ask for plain output.

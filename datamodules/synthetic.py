@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -340,19 +341,19 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     return all((root / relpath).is_file() for relpath in marker.get("files", []))
 
 
-#: Generator settings a user chooses (``data.synthetic.*``); the other parameters are the code's.
-USER_SETTINGS = ("num_train_scenes", "num_val_scenes", "num_test_scenes", "height", "width",
-                 "ratios", "shots_per_scene", "seed", "long_exposure", "gain", "read_noise",
-                 "row_noise")
-
-
 def _refuse_other_set(root: Path, params: dict[str, Any]) -> None:
-    """Raise when ``root`` holds a set generated with other user settings than ``params``."""
+    """Raise when ``root`` holds a set generated with other user settings than ``params``.
+
+    User settings are the generator's own keyword arguments (``data.synthetic.*``); the other
+    parameters (format version, levels, source images) are the code's.
+    """
     marker = _read_marker(root)
     existing = (marker or {}).get("parameters")
     if not isinstance(existing, dict):
         return
-    differ = [key for key in USER_SETTINGS if key in existing and existing[key] != params.get(key)]
+    settings = inspect.signature(generate_synthetic_sid).parameters
+    differ = [key for key in settings
+              if key in existing and key in params and existing[key] != params[key]]
     if not differ:
         return  # only the format changed (a newer darkraw): regenerating is the only way on
     asked = ", ".join(f"data.synthetic.{key}={params.get(key)!r}" for key in differ)
