@@ -8,8 +8,10 @@ is and what to give instead, never torch's unpickling traceback (whose advice to
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import shlex
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,24 +27,61 @@ HOW_TO_GET_A_CHECKPOINT = (
     "give a checkpoint written by train.py (e.g. outputs/<experiment>/runs/<run>/checkpoints/"
     "last.ckpt) or one made by `python -m lightning_modules.reference_import`"
 )
+#: Keys named in a "does not fit" message, per kind (missing, unexpected, other shape).
+MAX_KEYS_LISTED = 3
+#: Key prefixes under which a network's own state dict is found: darkraw's RestorationModule
+#: (``net.``) and nn.DataParallel / DistributedDataParallel (``module.``).
+STATE_DICT_PREFIXES = ("module.", "net.")
 #: What torch raises, depending on the file, when it is not a torch.save file (or is cut short):
 #: a text file gives KeyError, a truncated zip RuntimeError, a foreign pickle UnpicklingError.
 UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError,
                           IndexError, AttributeError, ImportError, zipfile.BadZipFile, OSError)
 
 
-def pick_device(name: str) -> torch.device:
+def available_devices() -> list[str]:
+    """The ``device=`` values this machine can run on, for the message refusing another one."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        devices += ["cuda", *(f"cuda:{i}" for i in range(count))]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def pick_device(name: object) -> torch.device:
+    """``device=`` as a torch device this machine has: ``auto`` is the first CUDA GPU or the CPU.
+
+    torch accepts any device it knows by name (``mps``, ``cuda:7``, ``xpu``, ``meta``) and fails
+    only at the first tensor moved there, with its own traceback; here each is checked, and
+    refused in one line saying what this machine has.
+    """
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = [f"device={choice}" for choice in available_devices()]
+    available = f"use {', '.join(choices[:-1])} or {choices[-1]} (what this machine has)"
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ConfigError(
-            f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N"
-        ) from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but no CUDA GPU is available: use device=cpu")
-    return device
+        raise ConfigError(f"device={name!r} is not a device: {available}") from error
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} but no CUDA GPU is available: {available}")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name!r} but this machine has {count} CUDA GPU(s), "
+                              f"numbered from 0: {available}")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={name!r} but Apple's MPS GPU is not available here (only on "
+                              f"a Mac, with a PyTorch built for it): {available}")
+        return device
+    raise ConfigError(f"device={name!r} is not supported (darkraw runs on the CPU, CUDA GPUs and "
+                      f"Apple's MPS): {available}")
 
 
 def first_line(error: BaseException) -> str:
@@ -93,6 +132,68 @@ def is_darkraw_checkpoint(payload: Mapping[str, Any]) -> bool:
             and any(isinstance(k, str) and k.startswith("net.") for k in state))
 
 
+def _shape(value: object) -> str:
+    return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else (
+        type(value).__name__)
+
+
+def _network_state_dict() -> dict[str, torch.Tensor]:
+    from lightning_modules.network import DarkRestorationNet
+
+    return DarkRestorationNet().state_dict()
+
+
+def strip_key_prefixes(state: Mapping[Any, Any],
+                       prefixes: tuple[str, ...] = STATE_DICT_PREFIXES) -> dict[Any, Any]:
+    """``state`` with each of ``prefixes`` removed where every key carries it (in that order, so
+    a DataParallel-wrapped RestorationModule's ``module.net.`` goes too): the same tensors under
+    the names the bare network expects."""
+    state = dict(state)
+    for prefix in prefixes:
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def is_network_state_dict(state: object) -> bool:
+    """Whether ``state`` holds exactly the tensors of darkraw's DarkRestorationNet: the names
+    and shapes of ``net.state_dict()`` (with a ``net.`` or ``module.`` prefix or without).
+
+    That is what ``torch.save(net.state_dict(), ...)`` writes: the weights alone, without the
+    hyper-parameters a checkpoint carries. Both ``rdb`` variants have the same tensors, so the
+    variant cannot be told from them.
+    """
+    if not isinstance(state, Mapping) or not state:
+        return False
+    state = strip_key_prefixes(state)
+    expected = _network_state_dict()
+    return state.keys() == expected.keys() and all(
+        isinstance(state[k], torch.Tensor) and state[k].shape == v.shape
+        for k, v in expected.items())
+
+
+def wrap_state_dict_hint(path: Path, state_key: str | None, prefixed: bool) -> str:
+    """How to make a checkpoint of a bare state dict: a one-line command using the importer's
+    own helpers, which write the weights with the hyper-parameters that rebuild the network."""
+    out = path.with_name(f"{path.stem}-darkraw.ckpt")
+    load = f"torch.load({json.dumps(str(path))}, weights_only=True)"
+    if state_key is not None:
+        load += f"[{json.dumps(state_key)}]"
+    imports = ["import torch", "from lightning_modules.network import DarkRestorationNet",
+               "from lightning_modules.reference_import import lightning_checkpoint, "
+               "save_checkpoint"]
+    if prefixed:
+        imports.insert(1, "from darkraw.checkpoints import strip_key_prefixes")
+        load = f"strip_key_prefixes({load})"
+    code = "; ".join([
+        *imports, 'net = DarkRestorationNet(rdb="before")', f"net.load_state_dict({load})",
+        f"save_checkpoint(lightning_checkpoint(net), {json.dumps(str(out))})",
+    ])
+    return (f"make a checkpoint of it once with `python -c {shlex.quote(code)}` (rdb=\"after\" "
+            "if it was trained with model.rdb=after: the weights do not tell) and pass "
+            f"ckpt={out}")
+
+
 def read_darkraw_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, after checking that it is darkraw's, saying what it is otherwise."""
     path = Path(path)
@@ -110,6 +211,17 @@ def read_darkraw_checkpoint(path: str | Path) -> dict[str, Any]:
             f"convert it once with `python -m lightning_modules.reference_import {path} "
             "<out.ckpt>` and pass the .ckpt it writes"
         )
+    for state_key in (None, "state_dict"):
+        state = payload if state_key is None else payload.get(state_key)
+        if is_network_state_dict(state):
+            assert isinstance(state, Mapping)
+            where = "" if state_key is None else f" (under {state_key!r})"
+            prefixed = strip_key_prefixes(state).keys() != state.keys()
+            raise DataError(
+                f"ckpt={path} holds only the weights of darkraw's network{where}, a bare "
+                "state_dict without the hyper-parameters that rebuild it: "
+                f"{wrap_state_dict_hint(path, state_key, prefixed)}"
+            )
     if "state_dict" in payload:
         raise DataError(
             f"ckpt={path} is a Lightning checkpoint, but not of darkraw's RestorationModule (no "
@@ -120,6 +232,34 @@ def read_darkraw_checkpoint(path: str | Path) -> dict[str, Any]:
                     f"{HOW_TO_GET_A_CHECKPOINT}")
 
 
+def _listed(keys: list[str], limit: int = MAX_KEYS_LISTED) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[Any, Any]) -> str | None:
+    """What keeps ``given`` from loading into a module whose state dict is ``expected``, in a few
+    words naming the first keys of each kind; None when it fits.
+
+    ``load_state_dict``'s own error puts its detail on the lines after the first, which one
+    line of message would drop; it says "Error(s) in loading state_dict" and nothing more.
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [str(k) for k in given if k not in expected]
+    wrong = [f"{k} ({_shape(given[k])} in the file, {_shape(v)} expected)"
+             for k, v in expected.items()
+             if k in given and (not isinstance(given[k], torch.Tensor)
+                                or given[k].shape != v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_listed(unexpected)}")
+    if wrong:
+        parts.append(f"{len(wrong)} of another shape: {_listed(wrong)}")
+    return f"weights {'; '.join(parts)}" if parts else None
+
+
 def network_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> nn.Module:
     """The training-form network of a checkpoint already read by :func:`read_darkraw_checkpoint`.
 
@@ -128,15 +268,24 @@ def network_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> 
     """
     from lightning_modules.module import RestorationModule
 
+    def does_not_fit(detail: str) -> DataError:
+        return DataError(
+            f"ckpt={path} is a darkraw checkpoint that does not fit this version's network "
+            f"({detail}); was it written by another darkraw version or edited?"
+        )
+
     try:
         module = RestorationModule(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"], strict=True)
     except (KeyError, RuntimeError, TypeError, ValueError, ConfigError) as error:
-        raise DataError(
-            f"ckpt={path} is a darkraw checkpoint that does not fit this version's network "
-            f"({type(error).__name__}: {first_line(error)}); was it written by another darkraw "
-            "version or edited?"
-        ) from error
+        raise does_not_fit(f"{type(error).__name__}: {first_line(error)}") from error
+    mismatch = state_dict_mismatch(module.state_dict(), checkpoint["state_dict"])
+    if mismatch:
+        raise does_not_fit(mismatch)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        detail = " ".join(str(error).split())  # its detail is on the lines after the first
+        raise does_not_fit(f"{type(error).__name__}: {detail}") from error
     return module.net.eval()
 
 

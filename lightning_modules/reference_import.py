@@ -206,16 +206,9 @@ def expected_keys_table() -> str:
     return "\n".join(rows)
 
 
-def _strip_data_parallel_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
-    # Checkpoints saved from nn.DataParallel prefix every key with "module."; same tensors.
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state)
-
-
 def read_reference_checkpoint(path: str | Path) -> dict[str, Any]:
     """The ``model`` state dict of the authors' file, loaded without executing pickled code."""
-    from darkraw.checkpoints import load_torch_file
+    from darkraw.checkpoints import load_torch_file, strip_key_prefixes
 
     path = Path(path)
     try:
@@ -244,7 +237,8 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ReferenceCheckpointError(
             f"{path}: 'model' holds a {type(state).__name__}, expected a state dict of tensors"
         )
-    return _strip_data_parallel_prefix(state)
+    # The authors' network saved from nn.DataParallel carries "module." on every key.
+    return strip_key_prefixes(state, ("module.",))
 
 
 def import_reference(path: str | Path) -> DarkRestorationNet:

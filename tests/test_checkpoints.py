@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from darkraw.checkpoints import load_inference_network, load_network
-from darkraw.errors import DataError
+from darkraw.checkpoints import load_inference_network, load_network, pick_device
+from darkraw.errors import ConfigError, DataError
 from lightning_modules.inference import InferenceNet
 from lightning_modules.reference_import import lightning_checkpoint, save_checkpoint
 from tests.helpers import perturbed_net
@@ -122,3 +126,101 @@ def test_hyper_parameters_this_version_does_not_know_are_explained(
     with pytest.raises(DataError, match=r"edited\.ckpt is a darkraw checkpoint that does not fit.*"
                                         "model.rdb='sideways'"):
         load_network(edited, torch.device("cpu"))
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_names_the_keys(tmp_path: Path,
+                                                               darkraw_checkpoint: Path) -> None:
+    """load_state_dict's first line is only "Error(s) in loading state_dict for ...": the
+    message must name what does not fit."""
+    checkpoint = torch.load(darkraw_checkpoint, weights_only=True)
+    state = checkpoint["state_dict"]
+    state["net.low.bias"] = torch.zeros(5)
+    del state["net.fuse2.bias"], state["net.high.squeeze.bias"]
+    state["net.extra.weight"] = torch.zeros(2)
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    with pytest.raises(DataError) as caught:
+        load_network(edited, torch.device("cpu"))
+    message = str(caught.value)
+    assert "\n" not in message and "Error(s) in loading" not in message
+    assert message.startswith(f"ckpt={edited} is a darkraw checkpoint that does not fit this "
+                              "version's network (weights ")
+    assert ("2 missing: net.high.squeeze.bias, net.fuse2.bias; 1 unexpected: net.extra.weight; "
+            "1 of another shape: net.low.bias (5 in the file, 12 expected)") in message
+
+
+def test_many_missing_keys_are_counted_and_the_first_few_named(tmp_path: Path,
+                                                               darkraw_checkpoint: Path) -> None:
+    checkpoint = torch.load(darkraw_checkpoint, weights_only=True)
+    keys = list(checkpoint["state_dict"])
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                if not k.startswith("net.high.")}
+    edited = tmp_path / "half.ckpt"
+    torch.save(checkpoint, edited)
+    missing = [k for k in keys if k.startswith("net.high.")]
+    listed = f"{missing[0]}, {missing[1]}, {missing[2]} and {len(missing) - 3} more"
+    with pytest.raises(DataError, match=rf"\(weights {len(missing)} missing: {listed}\)"):
+        load_network(edited, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["bare", "module_state", "module_net_state",
+                                    "net_prefix_under_state_dict"])
+def test_a_bare_state_dict_of_the_network_is_named_and_the_fix_works(tmp_path: Path,
+                                                                     layout: str) -> None:
+    """``torch.save(net.state_dict())``: the weights without the hyper-parameters. The message
+    says what the file is and gives a command; that command, run as printed, makes a checkpoint
+    that loads to the same network."""
+    net = perturbed_net()
+    state = net.state_dict()
+    payload = {"bare": state,
+               "module_state": {f"module.{k}": v for k, v in state.items()},
+               "module_net_state": {f"module.net.{k}": v for k, v in state.items()},
+               "net_prefix_under_state_dict": {"state_dict": {f"net.{k}": v
+                                                              for k, v in state.items()},
+                                               "epoch": 3}}[layout]
+    path = tmp_path / "weights.pt"
+    torch.save(payload, path)
+    with pytest.raises(DataError) as caught:
+        load_network(path, torch.device("cpu"))
+    message = str(caught.value)
+    assert message.startswith(f"ckpt={path} holds only the weights of darkraw's network")
+    assert "\n" not in message and "its keys" not in message
+    command = re.search(r"`(python -c .*)`", message)
+    assert command is not None, message
+    out = tmp_path / "weights-darkraw.ckpt"
+    assert message.endswith(f"and pass ckpt={out}")
+    argv = shlex.split(command.group(1))
+    subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, timeout=300)
+    x = torch.rand(1, 4, 32, 48, generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        assert torch.equal(load_network(out, torch.device("cpu"))(x), net(x))
+
+
+def test_a_state_dict_of_another_network_is_not_taken_for_darkraws(tmp_path: Path) -> None:
+    state = perturbed_net().state_dict()
+    state["low.bias"] = torch.zeros(5)
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    with pytest.raises(DataError, match=r"is not a darkraw checkpoint \(its keys: "):
+        load_network(path, torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_an_unavailable_device_is_one_config_error_naming_what_there_is() -> None:
+    """torch takes device=mps (or cuda:99, xpu) by name and fails at the first tensor moved
+    there, with a traceback from inside eval.py or restore.py."""
+    here = ("use device=auto, device=cpu, device=cuda or device=cuda:0" if torch.cuda.is_available()
+            else "use device=auto or device=cpu")  # the first of any GPUs: enough to check
+    with pytest.raises(ConfigError) as caught:
+        pick_device("mps")
+    message = str(caught.value)
+    assert message.startswith("device='mps' but Apple's MPS GPU is not available here")
+    assert message.endswith("(what this machine has)") and "\n" not in message
+    assert here.rsplit(" or ", 1)[0] in message
+    for name, start in [("xpu", "device='xpu' is not supported"),
+                        ("gpu", "device='gpu' is not a device"),
+                        ("cuda:99", "device='cuda:99' but ")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(start)}.*: use device=auto"):
+            pick_device(name)
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
