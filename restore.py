@@ -76,13 +76,30 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     from darkraw.checkpoints import load_inference_network, pick_device
     from darkraw.restoration import (
         ConsoleReporter,
-        find_raw_files,
+        format_number,
+        list_raw_files,
+        listed_names,
+        output_stems,
         prepare_output_dir,
         restore_all,
     )
 
     device = pick_device(cfg.device)
-    files = find_raw_files(cfg.input)
+    listing = list_raw_files(cfg.input)
+    files = listing.files
+    skipped = listing.skipped_message()
+    if skipped:
+        log.warning("darkraw: warning: input=%s: %s", cfg.input, skipped)
+    # Files sharing a stem get the extension in their images' names, or the run is refused here
+    # when even that collides: before the network is loaded, not after the first images.
+    stems = output_stems(files)
+    renamed = [path for path in files if stems[path] != path.stem]
+    if renamed:
+        label = (f"m{format_number(m_values[0])}" if isinstance(amplification, str)
+                 else f"x{format_number(amplification)}")
+        log.warning("darkraw: warning: %d files share their name with another file (%s): their "
+                    "images carry the extension too, e.g. %s_%s.%s", len(renamed),
+                    listed_names(renamed), stems[renamed[0]], label, image_format)
     # The fast inference form: folded weight norm, channels-last (1.6x on a CPU, BENCHMARKS.md).
     net = load_inference_network(cfg.ckpt, device)
     output = prepare_output_dir(cfg.output)

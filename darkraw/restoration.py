@@ -5,6 +5,9 @@ files. Sizes are padded (reflect, in the packed domain, so the Bayer channels ke
 and cropped back, the other three Bayer phases are shifted to RGGB and padded back, and images
 too large for memory run in overlapping tiles blended with linear ramps. A folder is restored file
 by file: a file that cannot be read or written is reported and skipped, not fatal to the rest.
+Its entries that are not raw files are named, not silently passed over, and files sharing a name
+(``IMG_1.CR2``, ``IMG_1.DNG``) keep their extension in their images' names, so that neither
+replaces the other.
 """
 
 from __future__ import annotations
@@ -21,37 +24,136 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import rawpy
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from darkraw.errors import ConfigError, DarkrawError, DataError
 from datamodules.amplification import MAX_AMPLIFICATION, MIN_AMPLIFICATION, estimated_amplification
-from datamodules.raw import normalise, pack_bayer, read_raw
+from datamodules.raw import RawFrame, RawReadError, normalise, pack_bayer, read_raw
 
-RAW_EXTENSIONS = (".arw", ".dng", ".nef", ".nrw", ".cr2", ".cr3", ".orf", ".rw2", ".pef", ".srw",
-                  ".raw", ".rwl", ".3fr", ".iiq", ".erf", ".mos", ".kdc", ".dcr")
+#: Camera raw formats LibRaw decodes (its supported-cameras list), by file extension: a folder
+#: run takes the files with these. An X-Trans RAF is taken by its name too; the 2x2 Bayer check
+#: then refuses it, naming the file. Not here: Sigma X3F (Foveon, no mosaic; LibRaw 0.21 dropped
+#: it) and video raws (R3D, ARI, CINE), which LibRaw does not read.
+RAW_EXTENSIONS = (
+    ".3fr", ".arw", ".bay", ".cap", ".cr2", ".cr3", ".crw", ".dcr", ".dcs", ".dng", ".eip",
+    ".erf", ".fff", ".gpr", ".iiq", ".k25", ".kc2", ".kdc", ".mdc", ".mef", ".mfw", ".mos",
+    ".mrw", ".nef", ".nrw", ".orf", ".ori", ".pef", ".ptx", ".pxn", ".raf", ".raw", ".rw2",
+    ".rwl", ".sr2", ".srf", ".srw",
+)
 #: The network downsamples the packed input by 16: its output is shift-invariant only for shifts
 #: by multiples of 16 packed px, so sizes are padded to, and tiles start at, multiples of it.
 PACKED_MULTIPLE = 16
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff")
 #: Failed files named in the final error line; the others are in the warnings above it.
 MAX_FAILURES_LISTED = 5
+#: Entries of each kind named in the line about what a folder run skipped.
+MAX_SKIPPED_LISTED = 3
+#: macOS writes ``._<name>`` beside each file on FAT/exFAT/network volumes (an SD card): resource
+#: forks of a few KB, named like the raw they belong to, never images themselves.
+APPLEDOUBLE_PREFIX = "._"
 
 
-def find_raw_files(source: str | Path) -> list[Path]:
-    """The raw file itself, or every raw file (by extension) directly inside a folder."""
+def listed_names(paths: Sequence[Path], limit: int = MAX_SKIPPED_LISTED) -> str:
+    """The first ``limit`` file names, and how many more: a line stays short for any folder."""
+    names = ", ".join(path.name for path in paths[:limit])
+    return names + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+@dataclass(frozen=True)
+class RawListing:
+    """The raw files a run restores, and the folder entries it passes over, by why."""
+
+    files: list[Path]
+    #: Entries not taken, in order: macOS ``._*`` metadata files, folders (and anything else
+    #: that is not a file, e.g. a broken link), files of other extensions.
+    metadata: list[Path] = field(default_factory=list)
+    not_files: list[Path] = field(default_factory=list)
+    other_extensions: list[Path] = field(default_factory=list)
+
+    def skipped_message(self) -> str | None:
+        """One line naming what was not taken, or None; said so that a raw format darkraw does
+        not know by its extension, or a sub-folder of photos, is not passed over unnoticed."""
+        groups = [
+            (self.other_extensions, "not a raw file by its extension",
+             "not raw files by their extension"),
+            (self.not_files, "folder or other non-file (sub-folders are not searched)",
+             "folders or other non-files (sub-folders are not searched)"),
+            (self.metadata, "macOS metadata file (._*)", "macOS metadata files (._*)"),
+        ]
+        parts = []
+        for entries, one, many in groups:
+            if entries:
+                parts.append(f"{len(entries)} {one if len(entries) == 1 else many}: "
+                             f"{listed_names(entries)}")
+        if not parts:
+            return None
+        total = sum(len(entries) for entries, _, _ in groups)
+        return f"skipped {total} entr{'y' if total == 1 else 'ies'}: {'; '.join(parts)}"
+
+
+def list_raw_files(source: str | Path) -> RawListing:
+    """The raw file itself, or every raw file (by extension) directly inside a folder.
+
+    A folder's entries that are not taken are kept in the listing, for the caller to say so: a
+    folder (even one named ``x.dng``) or a macOS ``._x.dng`` would otherwise reach the decoder
+    and fail with advice that fits neither.
+    """
     source = Path(source)
     if source.is_file():
-        return [source]
+        return RawListing(files=[source])
     if not source.is_dir():
         raise DataError(f"input={source} does not exist: give a raw file or a folder of them")
-    files = sorted(p for p in source.iterdir() if p.suffix.lower() in RAW_EXTENSIONS)
-    if not files:
+    listing = RawListing(files=[])
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith(APPLEDOUBLE_PREFIX):
+            listing.metadata.append(entry)
+        elif not entry.is_file():
+            listing.not_files.append(entry)
+        elif entry.suffix.lower() not in RAW_EXTENSIONS:
+            listing.other_extensions.append(entry)
+        else:
+            listing.files.append(entry)
+    if not listing.files:
+        skipped = listing.skipped_message()
         raise DataError(
-            f"input={source} holds no raw files (looked for {', '.join(RAW_EXTENSIONS)})"
+            f"input={source} holds no raw files (taken by extension: "
+            f"{' '.join(e.lstrip('.') for e in RAW_EXTENSIONS)})"
+            + (f"; {skipped}" if skipped else ", and nothing else")
         )
-    return files
+    return listing
+
+
+def output_stems(files: Sequence[Path]) -> dict[Path, str]:
+    """The name each file's images start with: its stem, or ``<stem>_<EXT>`` where stems collide.
+
+    ``IMG_0001.CR2`` and the ``IMG_0001.DNG`` converted from it would both write
+    ``IMG_0001_m5.png``, the second silently replacing the first; with the extension in the name
+    both are kept. Stems are compared ignoring case: ``A.dng`` and ``a.NEF`` collide on macOS and
+    Windows folders. Names that still collide (``A.dng`` beside ``a.dng``, or ``a_NEF.dng``
+    beside ``a.NEF``) are refused before any work, as one line naming them.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem.casefold(), []).append(path)
+    stems = {path: (f"{path.stem}_{path.suffix.lstrip('.')}"
+                    if len(by_stem[path.stem.casefold()]) > 1 else path.stem) for path in files}
+    by_name: dict[str, list[Path]] = {}
+    for path, stem in stems.items():
+        by_name.setdefault(stem.casefold(), []).append(path)
+    clashes = [group for group in by_name.values() if len(group) > 1]
+    if clashes:
+        first = clashes[0]
+        case = ("; names differing only in case are one file on macOS and Windows"
+                if len({stems[p] for p in first}) > 1 else "")
+        raise DataError(
+            f"{' and '.join(p.name for p in first)} in {first[0].parent} would write images of "
+            f"the same name ({stems[first[0]]}_...{case}): rename one of them, or restore them "
+            "into separate output folders"
+        )
+    return stems
 
 
 def prepare_output_dir(output: str | Path) -> Path:
@@ -84,6 +186,43 @@ def even_mosaic(mosaic: np.ndarray) -> np.ndarray:
     return mosaic
 
 
+def libraw_reason(error: BaseException) -> str:
+    """LibRaw's message as text: rawpy passes it as bytes (``b'Input/output error'``)."""
+    reason = error.args[0] if len(error.args) == 1 else str(error)
+    if isinstance(reason, bytes):
+        return reason.decode("utf-8", errors="replace")
+    return str(reason)
+
+
+def read_user_raw(path: Path) -> RawFrame:
+    """:func:`read_raw` (any Bayer phase), with errors worded for a user's own photos.
+
+    ``datamodules.raw`` words a file that LibRaw cannot read for the SID data set ("check the
+    dataset root", "re-download it"); in a restore run it is a file of the user's folder that is
+    not a raw file, or is a damaged copy, and downloading it again means nothing.
+    """
+    if not path.is_file():
+        raise RawReadError(f"cannot read {path}: it is no longer a file (moved or deleted since "
+                           "the run started)")
+    try:
+        return read_raw(path, multiple=1, any_bayer_phase=True)
+    except RawReadError as error:
+        cause = error.__cause__
+        if isinstance(cause, rawpy.LibRawFileUnsupportedError):
+            raise RawReadError(
+                f"cannot decode {path}: LibRaw does not recognise it as a raw file "
+                f"({libraw_reason(cause)}): it is not a readable raw file (another kind of file "
+                "under a raw extension, or a damaged copy); check that it opens in a raw converter"
+            ) from cause
+        if isinstance(cause, rawpy.LibRawError | OSError):
+            raise RawReadError(
+                f"cannot decode {path}: {type(cause).__name__}: {libraw_reason(cause)}: it is not "
+                f"a readable raw file ({path.stat().st_size} bytes: probably cut short or "
+                "damaged); copy it again from the camera or card"
+            ) from cause
+        raise
+
+
 def load_packed_normalised(
     path: Path,
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
@@ -93,7 +232,7 @@ def load_packed_normalised(
     the first R site, ``offset`` rows/columns into the file's visible area, which the output puts
     back with :func:`pad_to_visible` so that it keeps the file's full size.
     """
-    frame = read_raw(path, multiple=1, any_bayer_phase=True)
+    frame = read_user_raw(path)
     packed = pack_bayer(even_mosaic(frame.mosaic))
     return normalise(packed, frame.black_level, frame.white_level), frame.shape, frame.offset
 
@@ -125,13 +264,28 @@ def check_amplification(setting: object) -> str | float:
 
 
 def check_m_values(m_values: Sequence[object]) -> list[float]:
-    """The brightness knobs as floats; each must be a positive number."""
+    """The brightness knobs as floats: finite, positive, and each naming its own image.
+
+    ``nan`` and ``inf`` pass a plain ``m <= 0`` test and would give a nan or infinite gain. Two
+    values whose file names agree (``1`` and ``1.0``, or ones equal to the 6 digits of
+    :func:`format_number`) would write one file twice, the second replacing the first.
+    """
     if not m_values:
         raise ConfigError("m=[] holds no value: give one or more positive numbers, e.g. m=5")
-    checked = []
+    checked: list[float] = []
+    named: dict[str, object] = {}
     for m in m_values:
-        if isinstance(m, bool) or not isinstance(m, int | float) or m <= 0:
-            raise ConfigError(f"m={m!r} is not allowed: each m must be a positive number")
+        if (isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m)
+                or m <= 0):
+            raise ConfigError(f"m={m!r} is not allowed: each m must be a finite positive number")
+        label = f"m{format_number(float(m))}"
+        if label in named:
+            raise ConfigError(
+                f"m={list(m_values)} gives m={named[label]!r} and m={m!r} the same image name "
+                f"(<file>_{label}.<format>), so one would replace the other: give each value "
+                "once (names keep 6 significant digits)"
+            )
+        named[label] = m
         checked.append(float(m))
     return checked
 
@@ -396,11 +550,13 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
                  amplification: str | float, image_format: str, tile_size: int | None,
                  tile_overlap: int, device: torch.device,
                  autocast_dtype: torch.dtype | None = None,
-                 reporter: Reporter | None = None) -> list[tuple[Path, float]]:
+                 reporter: Reporter | None = None,
+                 stem: str | None = None) -> list[tuple[Path, float]]:
     """Restore one raw file once per output of :func:`gains_and_labels`.
 
-    Each image has the file's full visible size and is reported as soon as it is written.
-    Returns (written file, gain) pairs.
+    Each image has the file's full visible size, is named ``<stem>_<label>.<image_format>``
+    (``stem``: the file's own unless :func:`output_stems` chose another) and is reported as
+    soon as it is written. Returns (written file, gain) pairs.
     """
     reporter = reporter or Reporter()
     reporter.reading(path)
@@ -418,7 +574,7 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
             else:
                 restored = run_padded(net, x * gain)
                 reporter.advance()
-        target = output_dir / f"{path.stem}_{label}.{image_format}"
+        target = output_dir / f"{stem or path.stem}_{label}.{image_format}"
         image = pad_to_visible(restored[0, :, :height, :width].float(), offset)
         written.append((write_image(image, target), gain))
         reporter.written(target, gain)
@@ -456,15 +612,17 @@ def restore_all(net: nn.Module, files: Iterable[Path], output_dir: Path, *,
     With ``skip_failures`` a file that cannot be read or written (a user error: corrupt,
     unsupported layout, disk full) is reported, skipped and listed in the report, and the other
     files are still restored; without, its error propagates (a single input file). Anything
-    else is a bug and propagates either way.
+    else is a bug and propagates either way. Images are named by :func:`output_stems`, so files
+    sharing a stem never overwrite each other's images.
     """
     reporter = reporter or Reporter()
     files = list(files)
+    stems = output_stems(files)
     report = RestoreReport(files=len(files))
     for path in files:
         try:
             report.written.extend(
-                restore_file(net, path, output_dir, reporter=reporter,
+                restore_file(net, path, output_dir, reporter=reporter, stem=stems[path],
                              **options)  # type: ignore[arg-type]
             )
         except DarkrawError as error:

@@ -358,3 +358,86 @@ def test_eval_never_replaces_the_synthetic_set_it_would_score_otherwise(
     assert "Traceback" not in proc.stderr
     assert (synthetic_sid / ".darkraw_synthetic.json").read_bytes() == marker
     assert not (tmp_path / "eval").exists()
+
+
+def test_restore_keeps_the_images_of_files_sharing_a_name_and_names_what_it_skips(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    """IMG_0001.CR2 and the IMG_0001.DNG made from it both wrote IMG_0001_m5.png, the second
+    replacing the first; a folder named x.dng was "raw file not found ... check the dataset
+    root", a macOS ._x.dng was told to be downloaded again, a .txt passed over unsaid."""
+    raw = tmp_path / "raw"
+    write_dark_dngs(raw, ("IMG_0001", "other"))
+    (raw / "IMG_0001.dng").rename(raw / "IMG_0001.CR2")  # LibRaw reads by content, not name
+    write_dark_dngs(raw, ("IMG_0001",))
+    (raw / "sub.dng").mkdir()
+    (raw / "._IMG_0001.dng").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))
+    (raw / "notes.txt").write_text("shot at dusk")
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
+                           f"output={out}", "m=[1,5]", "tile_size=32", "tile_overlap=8",
+                           cwd=tmp_path)
+    names = ["IMG_0001_CR2_m1.png", "IMG_0001_CR2_m5.png", "IMG_0001_dng_m1.png",
+             "IMG_0001_dng_m5.png", "other_m1.png", "other_m5.png"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert sorted(line.split("  (amplification x")[0] for line in proc.stdout.splitlines()) == [
+        str(out / name) for name in names]
+    assert (f"darkraw: warning: input={raw}: skipped 3 entries: 1 not a raw file by its "
+            "extension: notes.txt; 1 folder or other non-file (sub-folders are not searched): "
+            "sub.dng; 1 macOS metadata file (._*): ._IMG_0001.dng") in proc.stderr
+    assert ("darkraw: warning: 2 files share their name with another file (IMG_0001.CR2, "
+            "IMG_0001.dng): their images carry the extension too, e.g. IMG_0001_CR2_m1.png"
+            in proc.stderr)
+    assert "not found" not in proc.stderr and "download" not in proc.stderr
+    assert "darkraw: restored 3 file(s)" in proc.stderr
+
+
+def test_restore_refuses_names_that_collide_even_with_their_extension_before_any_work(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_dark_dngs(raw, ("a", "a_NEF"))
+    (raw / "a.dng").rename(raw / "a.NEF")
+    write_dark_dngs(raw, ("a",))
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
+                           f"output={out}", check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"darkraw: error: a.NEF and a_NEF.dng in {raw} would write images of the same name "
+        "(a_NEF_...): rename one of them, or restore them into separate output folders")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("m=nan", "m=nan is not allowed: each m must be a finite positive number"),
+    ("m=[5,inf]", "m=inf is not allowed: each m must be a finite positive number"),
+    ("m=[1,1.0]", "m=[1, 1.0] gives m=1 and m=1.0 the same image name (<file>_m1.<format>), so "
+                  "one would replace the other: give each value once (names keep 6 significant "
+                  "digits)"),
+])
+def test_restore_refuses_m_values_that_give_no_image_or_one_image_twice(
+        setting: str, message: str, random_checkpoint: Path, tmp_path: Path) -> None:
+    write_dark_dngs(tmp_path / "raw", ("dark",))
+    out = tmp_path / "restored"
+    proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={tmp_path / 'raw'}",
+                           f"output={out}", setting, check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"darkraw: error: {message}"]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+@pytest.mark.parametrize("script", ["eval.py", "restore.py"])
+def test_an_unavailable_device_is_one_line_in_eval_and_restore(script: str,
+                                                               random_checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    """device=mps on a machine without it was a RuntimeError traceback from torch."""
+    [raw] = write_dark_dngs(tmp_path / "raw", ("dark",))
+    others = {"eval.py": [f"paths.root_dir={tmp_path}", f"output={tmp_path / 'eval'}"],
+              "restore.py": [f"input={raw}", f"output={tmp_path / 'restored'}"]}[script]
+    proc = run_entry_point(script, f"ckpt={random_checkpoint}", *others, "device=mps",
+                           check=False, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("darkraw: error: device='mps' but Apple's MPS GPU is not available "
+                           "here")
+    assert line.endswith("(what this machine has)") and "device=cpu" in line

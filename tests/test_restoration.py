@@ -16,6 +16,7 @@ from torch import nn
 from darkraw.errors import ConfigError, DarkrawError, DataError
 from darkraw.restoration import (
     PACKED_MULTIPLE,
+    RAW_EXTENSIONS,
     Reporter,
     amplification_for,
     axis_weights,
@@ -25,7 +26,9 @@ from darkraw.restoration import (
     check_m_values,
     check_tiling,
     gains_and_labels,
+    list_raw_files,
     load_packed_normalised,
+    output_stems,
     pad_to_multiple,
     prepare_output_dir,
     restore_all,
@@ -205,6 +208,13 @@ def test_the_estimated_amplification_gives_one_output_per_m() -> None:
     (check_amplification, 500.0, "amplification=500 is outside"),
     (check_amplification, True, "amplification=True is not allowed"),
     (check_m_values, [1, 0], "m=0 is not allowed"),
+    (check_m_values, [float("nan")], "m=nan is not allowed: each m must be a finite positive"),
+    (check_m_values, [5, float("inf")], "m=inf is not allowed"),
+    (check_m_values, [-math.inf], "m=-inf is not allowed"),
+    (check_m_values, [1, 1.0], r"m=\[1, 1\.0\] gives m=1 and m=1\.0 the same image name "
+                               r"\(<file>_m1\.<format>\), so one would replace the other"),
+    (check_m_values, [2.5, 5, 2.5000001], r"m=2\.5 and m=2\.5000001 the same image name "
+                                         r"\(<file>_m2p5\.<format>\)"),
     (check_m_values, ["x"], "m='x' is not allowed"),
     (check_m_values, [], "m=\\[\\] holds no value"),
     (check_image_format, "bmp", "format='bmp' is not allowed"),
@@ -397,3 +407,136 @@ def test_a_failed_write_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(DataError, match=r"cannot write .*blocker/x\.png"):
         write_image(torch.zeros(3, 4, 4), blocker / "x.png")
+
+
+# --- which files a folder run takes, and what it names its images --------------------------------
+
+
+def test_the_common_bayer_raw_formats_are_taken_by_their_extension() -> None:
+    """RAF (non-X-Trans Fujis), Minolta MRW, old Canon CRW, Sony SRF/SR2 and Hasselblad FFF were
+    passed over in a folder without a word."""
+    for extension in (".raf", ".mrw", ".crw", ".srf", ".sr2", ".fff", ".mef", ".kdc", ".arw",
+                      ".dng", ".nef", ".cr2", ".cr3", ".orf", ".rw2", ".pef"):
+        assert extension in RAW_EXTENSIONS, extension
+    assert ".jpg" not in RAW_EXTENSIONS and ".x3f" not in RAW_EXTENSIONS  # no Foveon mosaic
+    assert len(set(RAW_EXTENSIONS)) == len(RAW_EXTENSIONS)
+
+
+def folder_of_everything(folder: Path) -> Path:
+    """Raws under three extensions, and what a real photo folder also holds beside them."""
+    for name in ("a.dng", "b.RAF", "c.mrw"):
+        write_bayer_dng(folder / name, dark_mosaic(64, 96), exposure_time=0.1)
+    (folder / "sub.dng").mkdir()  # a folder named like a raw
+    (folder / "._a.dng").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))  # macOS AppleDouble
+    for name in ("notes.txt", "a.jpg", "b.xmp", "c.pp3"):
+        (folder / name).write_text("not a raw")
+    return folder
+
+
+def test_a_folder_listing_takes_raw_files_and_names_what_it_skips(tmp_path: Path) -> None:
+    folder = folder_of_everything(tmp_path / "photos")
+    listing = list_raw_files(folder)
+    assert [p.name for p in listing.files] == ["a.dng", "b.RAF", "c.mrw"]
+    assert listing.skipped_message() == (
+        "skipped 6 entries: 4 not raw files by their extension: a.jpg, b.xmp, c.pp3, ... (1 more);"
+        " 1 folder or other non-file (sub-folders are not searched): sub.dng; 1 macOS metadata "
+        "file (._*): ._a.dng"
+    )
+    # Every file taken is one LibRaw decodes (the ones under RAF and MRW names too).
+    for path in listing.files:
+        assert load_packed_normalised(path)[0].shape == (4, 32, 48)
+    only_raws = tmp_path / "raws"
+    write_bayer_dng(only_raws / "x.dng", dark_mosaic(64, 64), exposure_time=0.1)
+    assert list_raw_files(only_raws).skipped_message() is None
+    assert list_raw_files(only_raws / "x.dng").files == [only_raws / "x.dng"]
+
+
+def test_a_folder_without_raw_files_says_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "sub.dng").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(DataError, match=r"holds no raw files \(taken by extension: 3fr arw .*\); "
+                                        r"skipped 2 entries: 1 not a raw file by its extension: "
+                                        r"notes\.txt; 1 folder .*: sub\.dng$"):
+        list_raw_files(tmp_path)
+    with pytest.raises(DataError, match=r"holds no raw files .*, and nothing else$"):
+        list_raw_files(tmp_path / "sub.dng")
+
+
+@pytest.mark.parametrize(("names", "stems"), [
+    (["a.dng", "b.dng"], ["a", "b"]),
+    (["a.dng", "a.NEF", "b.dng"], ["a_dng", "a_NEF", "b"]),
+    (["IMG_1.CR2", "img_1.dng"], ["IMG_1_CR2", "img_1_dng"]),  # one name on macOS and Windows
+    (["x.tar.dng", "x.tar.nef"], ["x.tar_dng", "x.tar_nef"]),
+])
+def test_output_stems_keep_the_extension_only_where_stems_collide(names: list[str],
+                                                                  stems: list[str]) -> None:
+    files = [Path("in") / name for name in names]
+    assert list(output_stems(files).values()) == stems
+
+
+@pytest.mark.parametrize("names", [["A.dng", "a.dng"], ["a.dng", "a.NEF", "a_NEF.dng"]])
+def test_names_that_collide_even_with_their_extension_are_refused_naming_them(
+        names: list[str]) -> None:
+    files = [Path("in") / name for name in names]
+    with pytest.raises(DataError, match=r"would write images of the same name .*: rename one of "
+                                        "them") as caught:
+        output_stems(files)
+    assert "\n" not in str(caught.value)
+    assert sum(name in str(caught.value) for name in names) == 2
+    # The case note only where the names differ by case alone.
+    assert ("differing only in case" in str(caught.value)) == (names[0] == "A.dng")
+
+
+def test_files_sharing_a_stem_each_keep_their_images(tmp_path: Path) -> None:
+    """IMG_0001.CR2 and the IMG_0001.DNG made from it: both wrote IMG_0001_m5.png, the second
+    replacing the first. Each image must be its own file's restoration."""
+    folder = tmp_path / "raw"
+    first = write_bayer_dng(folder / "a.dng", dark_mosaic(64, 96, seed=1), exposure_time=0.1)
+    second = write_bayer_dng(folder / "a.NEF", dark_mosaic(64, 96, seed=2), exposure_time=0.1)
+    other = write_bayer_dng(folder / "b.dng", dark_mosaic(64, 96, seed=3), exposure_time=0.1)
+    report = restore_all(local_net(), list_raw_files(folder).files, tmp_path / "out",
+                         **restore_options(m_values=[1.0, 5.0]))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_NEF_m1.png", "a_NEF_m5.png", "a_dng_m1.png", "a_dng_m5.png", "b_m1.png", "b_m5.png"]
+    assert len(report.written) == 6
+    for path, stem in ((first, "a_dng"), (second, "a_NEF"), (other, "b")):
+        [(alone, _)] = restore_file(local_net(), path, tmp_path / "alone",
+                                    **restore_options())
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / f"{stem}_m5.png")),
+                                      np.asarray(Image.open(alone)))
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_dng_m5.png")),
+                              np.asarray(Image.open(tmp_path / "out" / "a_NEF_m5.png")))
+
+
+@pytest.mark.parametrize("kind", ["text", "appledouble", "png"])
+def test_a_file_libraw_cannot_read_is_called_not_a_readable_raw_file(tmp_path: Path,
+                                                                     kind: str) -> None:
+    """datamodules.raw words these for SID's download ("re-download it"); a user's photo
+    folder needs to hear what the file is instead."""
+    path = tmp_path / {"text": "notes.dng", "appledouble": "._a.dng", "png": "p.nef"}[kind]
+    if kind == "png":
+        Image.new("RGB", (32, 32)).save(path, format="PNG")
+    else:
+        path.write_bytes(b"\x00\x05\x16\x07" + bytes(4000) if kind == "appledouble"
+                         else b"just some notes\n" * 50)
+    with pytest.raises(RawReadError, match=f"cannot decode {path}: LibRaw does not recognise it "
+                                           "as a raw file .*: it is not a readable raw file"
+                       ) as caught:
+        load_packed_normalised(path)
+    message = str(caught.value)
+    assert "download" not in message and "dataset" not in message and "\n" not in message
+
+
+def test_a_cut_short_raw_file_is_not_told_to_be_downloaded_again(tmp_path: Path) -> None:
+    whole = write_bayer_dng(tmp_path / "whole.dng", dark_mosaic(256, 256), exposure_time=0.1)
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes(whole.read_bytes()[:4000])
+    with pytest.raises(RawReadError, match=r"cannot decode .*cut\.dng: .*not a readable raw "
+                                           r"file") as caught:
+        load_packed_normalised(cut)
+    assert "download" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_file_gone_since_the_listing_is_said_so(tmp_path: Path) -> None:
+    with pytest.raises(RawReadError, match=r"cannot read .*gone\.dng: it is no longer a file"):
+        load_packed_normalised(tmp_path / "gone.dng")
