@@ -157,6 +157,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             # A synthetic set made with other settings (most often the one trained on) is named
             # and kept: scoring must never replace the data a model was trained on.
             datamodule.replace_other_set = False
+        if hasattr(datamodule, "only_splits"):
+            # Cache and open the scored split only: a first evaluation on SID decodes its
+            # images, not the whole training set it would never read.
+            datamodule.only_splits = (cfg.split,)
         datamodule.prepare_data()
         datamodule.setup(stage)
         loader = getattr(datamodule, loader_name)()

@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -346,9 +346,20 @@ def _entry_valid(
     return True
 
 
-def _cache_files(pairs: dict[Split, list[SIDPair]]) -> dict[str, Kind]:
+def check_splits(splits: Sequence[str] | None) -> tuple[Split, ...]:
+    """The splits to cache, in SPLITS order; None: all of them."""
+    if splits is None:
+        return SPLITS
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ConfigError(f"splits={list(splits)} must name one or more of {list(SPLITS)}")
+    return tuple(s for s in SPLITS if s in splits)
+
+
+def _cache_files(pairs: dict[Split, list[SIDPair]],
+                 splits: Sequence[Split] = SPLITS) -> dict[str, Kind]:
     files: dict[str, Kind] = {}
-    for split in SPLITS:
+    for split in splits:
         for pair in pairs[split]:
             files[pair.short_relpath] = "short"
             files[pair.long_relpath] = "long"
@@ -375,16 +386,24 @@ def _manifest(cache_dir: Path) -> dict[str, Any] | None:
     return _read_json(Path(cache_dir) / MANIFEST_NAME)
 
 
-def _build_command(root: Path, cache_dir: Path, pairs: str) -> str:
-    return f"python -m datamodules.cache --root {root} --cache-dir {cache_dir} --pairs {pairs}"
+def _build_command(root: Path, cache_dir: Path, pairs: str,
+                   splits: Sequence[Split] = SPLITS) -> str:
+    command = f"python -m datamodules.cache --root {root} --cache-dir {cache_dir} --pairs {pairs}"
+    return command if tuple(splits) == SPLITS else f"{command} --splits {' '.join(splits)}"
 
 
-def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists") -> CacheIndex:
-    """Open a built cache without building anything (what every DDP rank does in ``setup``)."""
+def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists",
+               splits: Sequence[str] | None = None) -> CacheIndex:
+    """Open a built cache without building anything (what every DDP rank does in ``setup``).
+
+    ``splits`` (default: all) are the splits opened and checked; the index holds only those, so
+    that an evaluation of the test split needs no training entries in the cache.
+    """
     root, cache_dir = Path(root), Path(cache_dir)
+    wanted = check_splits(splits)
     split_pairs = load_pairs(root, pairs)
     fingerprint = fingerprint_hash()
-    how = f"build it first: {_build_command(root, cache_dir, pairs)}"
+    how = f"build it first: {_build_command(root, cache_dir, pairs, wanted)}"
     manifest = _manifest(cache_dir)
     if manifest is None:
         raise CacheError(f"no darkraw cache in {cache_dir} ({MANIFEST_NAME} missing); {how}")
@@ -392,10 +411,10 @@ def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists") ->
         raise CacheError(
             f"the cache in {cache_dir} was built with other settings (fingerprint "
             f"{manifest.get('fingerprint_hash')}, current {fingerprint}); rebuild it: "
-            f"{_build_command(root, cache_dir, pairs)}"
+            f"{_build_command(root, cache_dir, pairs, wanted)}"
         )
     entries: dict[str, CacheEntry] = {}
-    for relpath, kind in _cache_files(split_pairs).items():
+    for relpath, kind in _cache_files(split_pairs, wanted).items():
         meta = _read_json(_meta_path(cache_dir, relpath))
         if not _entry_valid(meta, cache_dir, root, relpath, kind, fingerprint, rehash=False):
             raise CacheError(
@@ -403,9 +422,9 @@ def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists") ->
             )
         assert meta is not None
         entries[relpath] = _load_entry(cache_dir, relpath, meta)
-    splits: dict[Split, list[CachedPair]] = {}
-    for split in SPLITS:
-        splits[split] = []
+    index_splits: dict[Split, list[CachedPair]] = {}
+    for split in wanted:
+        index_splits[split] = []
         for pair in split_pairs[split]:
             short, long = entries[pair.short_relpath], entries[pair.long_relpath]
             _, h, w = short.shape
@@ -415,10 +434,9 @@ def open_cache(root: str | Path, cache_dir: str | Path, pairs: str = "lists") ->
                     f"{pair.long} ({long.shape[0]}x{long.shape[1]}) differ in size; a pair must "
                     "come from the same camera at the same resolution"
                 )
-            splits[split].append(CachedPair(pair=pair, short=short, long=long))
-    return CacheIndex(
-        root=root, cache_dir=cache_dir, pairs_source=pairs, fingerprint=fingerprint, splits=splits
-    )
+            index_splits[split].append(CachedPair(pair=pair, short=short, long=long))
+    return CacheIndex(root=root, cache_dir=cache_dir, pairs_source=pairs,
+                      fingerprint=fingerprint, splits=index_splits)
 
 
 # --------------------------------------------------------------------------- building the cache
@@ -697,6 +715,7 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
     verify: bool = False,
+    splits: Sequence[str] | None = None,
 ) -> CacheIndex:
     """Bring the cache up to date for ``pairs`` and open it.
 
@@ -707,10 +726,14 @@ def build_cache(
     ``verify`` also re-reads every kept entry against the checksum recorded when it was written
     and rebuilds those that differ: sizes and dates cannot see a cache that was damaged in a
     copy to node-local scratch or by a failing disk, and its values would train silently.
+
+    ``splits`` (default: all) limits the work to those splits: ``eval.py split=test`` on a fresh
+    cache decodes the test pairs only, not the ~20 GB of training entries it would not read.
     """
     root, cache_dir = Path(root), Path(cache_dir)
+    wanted = check_splits(splits)
     split_pairs = load_pairs(root, pairs)
-    files = _cache_files(split_pairs)
+    files = _cache_files(split_pairs, wanted)
     fingerprint = fingerprint_hash()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(cache_dir):
@@ -760,7 +783,7 @@ def build_cache(
             "Re-download or remove the broken files (and their list lines), then run again; "
             "only the missing entries are built."
         )
-    return open_cache(root, cache_dir, pairs)
+    return open_cache(root, cache_dir, pairs, wanted)
 
 
 # --------------------------------------------------------------------------- verifying contents
@@ -871,6 +894,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also re-read every built entry against its recorded checksum and rebuild damaged "
         "ones (after copying a cache to another disk, or when a disk reports errors)",
     )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=list(SPLITS),
+        default=None,
+        help="cache only these splits (default: all), e.g. --splits test before an evaluation",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -883,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             progress=not args.no_progress,
             verify=args.verify,
+            splits=args.splits,
         )
     except DarkrawError as exc:
         print(f"error: {exc}", file=sys.stderr)

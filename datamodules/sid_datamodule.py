@@ -26,7 +26,7 @@ from datamodules.amplification import DEFAULT_M, MAX_AMPLIFICATION
 from datamodules.cache import AMPLIFICATION_MODES, CachedPair, CacheIndex, build_cache, open_cache
 from datamodules.patch_stream import PatchStreamSampler, pair_of_sample, sample_rng
 from datamodules.raw import CROP_MULTIPLE, normalise, pack_bayer, unpack_bayer
-from datamodules.sid_lists import PAIR_SOURCES
+from datamodules.sid_lists import PAIR_SOURCES, Split
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +372,9 @@ class SIDDataModule(L.LightningDataModule):
         # Training batches consumed so far, over every launch of the run: where the patch
         # stream continues after a resume (saved in the checkpoint by ``state_dict``).
         self.batches_trained = 0
+        #: The splits cached and set up; None: all. eval.py sets its one split, so that scoring
+        #: the test images on a fresh cache does not first decode every training pair.
+        self.only_splits: tuple[Split, ...] | None = None
 
     @staticmethod
     def _check(
@@ -415,6 +418,7 @@ class SIDDataModule(L.LightningDataModule):
             self.cache_workers,
             self.progress,
             verify=self.verify_cache,
+            splits=self.only_splits,
         )
 
     def _world_size(self) -> int:
@@ -430,57 +434,59 @@ class SIDDataModule(L.LightningDataModule):
             )
         self.per_device_batch_size = self.batch_size // world
         if self.index is None:
-            self.index = open_cache(self.root, self.cache_dir, self.pairs)
+            self.index = open_cache(self.root, self.cache_dir, self.pairs, self.only_splits)
         index = self.index
-        train_pairs = index.splits["train"]
-        self.train_scenes = select_scenes([p.scene for p in train_pairs], self.fraction, self.seed)
-        keep = set(self.train_scenes)
-        train_pairs = [p for p in train_pairs if p.scene in keep]
-        length = self.patches_per_epoch or max(len(train_pairs), self.batch_size)
         common = {
             "patch_size": self.patch_size,
             "amplification": self.amplification,
             "m": self.m,
             "max_ratio": self.max_ratio,
         }
-        self.datasets = {
-            "train": SIDDataset(
+        self.datasets = {}
+        if "train" in index.splits:
+            train_pairs = index.splits["train"]
+            self.train_scenes = select_scenes([p.scene for p in train_pairs], self.fraction,
+                                              self.seed)
+            keep = set(self.train_scenes)
+            train_pairs = [p for p in train_pairs if p.scene in keep]
+            self.datasets["train"] = SIDDataset(
                 train_pairs,
                 train=True,
                 hflip_prob=self.hflip_prob,
                 vflip_prob=self.vflip_prob,
                 transpose_prob=self.transpose_prob,
-                length=length,
+                length=self.patches_per_epoch or max(len(train_pairs), self.batch_size),
                 seed=self.seed,
                 **common,
-            ),
-            "val": SIDDataset(
+            )
+        if "val" in index.splits:
+            self.datasets["val"] = SIDDataset(
                 index.splits["val"][: self.val_max_images],
                 train=False,
                 full_image=self.full_image_eval,
                 **common,
-            ),
-            "test": SIDDataset(
+            )
+        if "test" in index.splits:
+            self.datasets["test"] = SIDDataset(
                 index.splits["test"], train=False, full_image=self.full_image_eval, **common
-            ),
-        }
-        log_once(
-            log, logging.INFO,
-            "SID %s pairs: train %d pairs from %d scenes (fraction %.2f), val %d, test %d",
-            self.pairs,
-            len(train_pairs),
-            len(self.train_scenes),
-            self.fraction,
-            len(self.datasets["val"].pairs),
-            len(self.datasets["test"].pairs),
-        )
-        message = validation_overlap_warning(train_pairs, self.datasets["val"].pairs)
-        if message:
-            log_once(log, logging.WARNING, message)
+            )
+        counts = [f"{split} {len(dataset.pairs)}" for split, dataset in self.datasets.items()]
+        if "train" in self.datasets:
+            counts[0] += (f" pairs from {len(self.train_scenes)} scenes "
+                          f"(fraction {self.fraction:.2f})")
+        log_once(log, logging.INFO, "SID %s pairs: %s", self.pairs, ", ".join(counts))
+        if "train" in self.datasets and "val" in self.datasets:
+            message = validation_overlap_warning(self.datasets["train"].pairs,
+                                                 self.datasets["val"].pairs)
+            if message:
+                log_once(log, logging.WARNING, message)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool,
                 sampler: PatchStreamSampler | None = None) -> DataLoader:
         if split not in self.datasets:
+            if self.datasets:  # set up for other splits (only_splits)
+                raise RuntimeError(f"{split}_dataloader(): this data module was set up for "
+                                   f"{', '.join(self.datasets)} only (only_splits)")
             raise RuntimeError(f"call setup() before {split}_dataloader()")
         workers = self.num_workers
         return DataLoader(

@@ -120,6 +120,35 @@ def test_build_contents_and_reuse(tree: Path, tmp_path: Path) -> None:
     assert open_cache(tree, cache, "lists").fingerprint == index.fingerprint
 
 
+def test_a_cache_of_some_splits_holds_only_their_entries_and_completes_later(
+        tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What eval.py split=test builds on a fresh cache: the test pair, not the training set."""
+    cache = tmp_path / "cache"
+    index = build_cache(tree, cache, "lists", workers=1, progress=False, splits=["test"])
+    assert list(index.splits) == ["test"] and len(index.splits["test"]) == 1
+    assert sorted(json.loads((cache / MANIFEST_NAME).read_text())["entries"]) == sorted(
+        [index.splits["test"][0].pair.short_relpath, index.splits["test"][0].pair.long_relpath])
+    assert len(entry_files(cache)) == 4  # array + metadata of the short and the long file
+    assert list(open_cache(tree, cache, "lists", splits=("test",)).splits) == ["test"]
+    with pytest.raises(CacheError, match=r"00001_00_0\.1s\.dng is missing or out of date.*"
+                                         r"--pairs lists$"):
+        open_cache(tree, cache, "lists")  # all splits: the training entries are not there
+    with pytest.raises(CacheError, match=r"build it first: .* --pairs lists --splits val test$"):
+        open_cache(tree, cache, "lists", splits=["test", "val"])
+    with pytest.raises(ConfigError, match=r"splits=\['tset'\] must name one or more of"):
+        build_cache(tree, cache, "lists", workers=1, progress=False, splits=["tset"])
+
+    before = entry_files(cache)
+    assert main(["--root", str(tree), "--cache-dir", str(cache), "--splits", "val", "test",
+                 "--no-progress"]) == 0
+    assert "(lists pairs: val 1, test 1)" in capsys.readouterr().out
+    after = entry_files(cache)
+    assert len(after) == 8 and all(after[name] == mtime for name, mtime in before.items())
+    complete = build_cache(tree, cache, "lists", workers=1, progress=False)
+    assert [len(complete.splits[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    assert len(json.loads((cache / MANIFEST_NAME).read_text())["entries"]) == 10
+
+
 def test_touched_source_is_rehashed_not_rebuilt(tmp_path: Path) -> None:
     root = write_sid_tree(tmp_path / "sid", train=("00001",))
     cache = tmp_path / "cache"
