@@ -53,6 +53,7 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     folder only after the others are restored (a single input file fails with its own error).
     """
     from darkraw.restoration import (
+        TRAINED_M,
         check_amplification,
         check_image_format,
         check_m_values,
@@ -64,16 +65,24 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     precision = str(cfg.precision)
     if precision not in AUTOCAST:
         raise ConfigError(f"precision={precision!r} is not allowed: choose one of {list(AUTOCAST)}")
-    m_values = check_m_values(list(cfg.m) if OmegaConf.is_list(cfg.m) else [cfg.m])
+    # m=trained is resolved once the checkpoint is read; numbers are checked here.
+    m_from_checkpoint = cfg.m == TRAINED_M
+    m_values = [] if m_from_checkpoint else check_m_values(
+        list(cfg.m) if OmegaConf.is_list(cfg.m) else [cfg.m])
     amplification = check_amplification(cfg.amplification)
     image_format = check_image_format(cfg.format)
     check_tiling(cfg.tile_size, cfg.tile_overlap)
-    if not isinstance(amplification, str) and m_given_on_command_line():
+    if not isinstance(amplification, str) and m_given_on_command_line() and m_values:
         log.warning("darkraw: warning: m=%s is ignored with a fixed amplification=%g (m only "
                     "tunes amplification=estimated); writing one image per file", m_values,
                     amplification)
 
-    from darkraw.checkpoints import load_inference_network, pick_device
+    from darkraw.checkpoints import (
+        load_inference_network,
+        pick_device,
+        read_darkraw_checkpoint,
+    )
+    from darkraw.evaluation import checkpoint_record
     from darkraw.restoration import (
         ConsoleReporter,
         format_number,
@@ -82,7 +91,9 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
         output_stems,
         prepare_output_dir,
         restore_all,
+        trained_m,
     )
+    from datamodules.amplification import DEFAULT_M
 
     device = pick_device(cfg.device)
     listing = list_raw_files(cfg.input)
@@ -90,6 +101,20 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     skipped = listing.skipped_message()
     if skipped:
         log.warning("darkraw: warning: input=%s: %s", cfg.input, skipped)
+    checkpoint = read_darkraw_checkpoint(cfg.ckpt)  # read once: the network and its settings
+    if isinstance(amplification, str):
+        trained_data = checkpoint_record(checkpoint).trained_data
+        m_trained, source = trained_m(trained_data)
+        # Said only for a knob the checkpoint records, and one other than the paper's default.
+        recorded = trained_data.get("amplification") == "estimated"
+        if m_from_checkpoint:
+            m_values = [m_trained]
+            if m_trained != DEFAULT_M:
+                log.info("darkraw: m=%g (m=trained: %s)", m_trained, source)
+        elif recorded and m_trained not in m_values:
+            log.info("darkraw: note: m=[%s] gives other brightness than the network was trained "
+                     "at: m=%g (%s); m=trained uses it",
+                     ", ".join(f"{m:g}" for m in m_values), m_trained, source)
     # Files sharing a stem get the extension in their images' names, or the run is refused here
     # when even that collides: before the network is loaded, not after the first images.
     stems = output_stems(files)
@@ -101,7 +126,8 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
                     "images carry the extension too, e.g. %s_%s.%s", len(renamed),
                     listed_names(renamed), stems[renamed[0]], label, image_format)
     # The fast inference form: folded weight norm, channels-last (1.6x on a CPU, BENCHMARKS.md).
-    net = load_inference_network(cfg.ckpt, device)
+    net = load_inference_network(cfg.ckpt, device, checkpoint)
+    del checkpoint
     output = prepare_output_dir(cfg.output)
     with ConsoleReporter(len(files)) as reporter:
         report = restore_all(

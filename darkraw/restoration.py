@@ -17,7 +17,7 @@ import itertools
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkraw.errors import ConfigError, DarkrawError, DataError
-from datamodules.amplification import MAX_AMPLIFICATION, MIN_AMPLIFICATION, estimated_amplification
+from datamodules.amplification import (
+    DEFAULT_M,
+    MAX_AMPLIFICATION,
+    MIN_AMPLIFICATION,
+    estimated_amplification,
+)
 from datamodules.raw import RawFrame, RawReadError, normalise, pack_bayer, read_raw
 
 #: Camera raw formats LibRaw decodes (its supported-cameras list), by file extension: a folder
@@ -261,6 +266,29 @@ def check_amplification(setting: object) -> str | float:
             "the network was trained on that range"
         )
     return value
+
+
+#: ``m=trained``: the knob the checkpoint's network was trained at.
+TRAINED_M = "trained"
+
+
+def trained_m(trained_data: Mapping[str, object]) -> tuple[float, str]:
+    """The brightness knob a network was trained at, and where that value comes from.
+
+    Lightning stores the data module's settings in the checkpoint: a network trained at
+    ``data.m=3`` restores best-exposed images at m=3, not at the paper's 5. A network trained on
+    the exposure ratio (``data.amplification=exposure_ratio``) or a checkpoint that records no
+    settings (imported from the authors' file) has no trained knob: the paper's m=5 is used.
+    """
+    m = trained_data.get("m")
+    if trained_data.get("amplification") == "estimated" and isinstance(m, int | float) and (
+            not isinstance(m, bool)):
+        return float(m), f"the checkpoint's data.m={float(m):g}"
+    if "amplification" in trained_data:
+        return DEFAULT_M, (f"the paper's m={DEFAULT_M:g}: the checkpoint was trained "
+                           f"with data.amplification={trained_data['amplification']}")
+    return DEFAULT_M, (f"the paper's m={DEFAULT_M:g}: the checkpoint records no "
+                       "training settings")
 
 
 def check_m_values(m_values: Sequence[object]) -> list[float]:

@@ -16,7 +16,9 @@ from hydra.utils import instantiate
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from datamodules.cache import MANIFEST_NAME
 from datamodules.dng import write_bayer_dng
+from datamodules.sid_lists import load_pairs
 from lightning_modules.module import RestorationModule
 from tests.helpers import FIXTURE_SET, fixture_data_overrides, run_entry_point
 
@@ -67,6 +69,11 @@ def test_eval_writes_correct_per_image_metrics(synthetic_sid: Path, constant_che
                  f"output={out}", "data.progress=false"]
     proc = run_entry_point("eval.py", *overrides)
     assert "amplified otherwise" not in proc.stdout + proc.stderr  # no training settings stored
+    # Only the scored split was cached: a first evaluation does not decode the training set.
+    val_pairs = load_pairs(synthetic_sid, "lists")["val"]
+    cached = json.loads((tmp_path / "cache" / MANIFEST_NAME).read_text())["entries"]
+    assert sorted(cached) == sorted({relpath for pair in val_pairs
+                                     for relpath in (pair.short_relpath, pair.long_relpath)})
     with (out / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     summary = json.loads((out / "summary.json").read_text())
@@ -227,6 +234,31 @@ def test_restore_checks_every_setting_before_any_work(setting: list[str], messag
     assert "restoring" not in proc.stdout + proc.stderr
     assert not out.exists()  # no images, no empty folder, no empty restore.log
     assert not list(tmp_path.rglob("*.log"))
+
+
+@pytest.mark.slow
+def test_restore_defaults_to_the_m_the_network_was_trained_at(tmp_path: Path) -> None:
+    """A network trained at data.m=3 gives its best-exposed images at m=3, not at 5."""
+    module = RestorationModule()
+    path = save_checkpoint(module, tmp_path / "m3.ckpt")
+    payload = torch.load(path, weights_only=True)
+    payload["datamodule_hyper_parameters"] = {"root": "/data/SID", "amplification": "estimated",
+                                              "m": 3.0}
+    torch.save(payload, path)
+    write_bayer_dng(tmp_path / "raw" / "dark.dng",
+                    np.random.default_rng(0).integers(512, 900, (64, 96), dtype=np.uint16),
+                    exposure_time=0.1)
+    common = [f"ckpt={path}", f"input={tmp_path / 'raw'}", "tile_size=32", "tile_overlap=8"]
+    proc = run_entry_point("restore.py", *common, f"output={tmp_path / 'a'}", cwd=tmp_path)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["dark_m3.png"]
+    assert "darkraw: m=3 (m=trained: the checkpoint's data.m=3)" in proc.stderr
+
+    # Other knobs are the user's choice, said once to differ from training.
+    proc = run_entry_point("restore.py", *common, f"output={tmp_path / 'b'}", "m=[1,5]",
+                           cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["dark_m1.png", "dark_m5.png"]
+    assert proc.stderr.count("darkraw: note: m=[1, 5] gives other brightness than the "
+                             "network was trained at: m=3 (the checkpoint's data.m=3)") == 1
 
 
 def test_restore_with_a_fixed_amplification_writes_one_image_per_file_named_by_it(

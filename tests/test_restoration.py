@@ -37,6 +37,7 @@ from darkraw.restoration import (
     run_tiled,
     tile_count,
     tile_spans,
+    trained_m,
     write_image,
 )
 from datamodules.dng import _tags, atomic_write_bytes, write_bayer_dng
@@ -540,3 +541,15 @@ def test_a_cut_short_raw_file_is_not_told_to_be_downloaded_again(tmp_path: Path)
 def test_a_file_gone_since_the_listing_is_said_so(tmp_path: Path) -> None:
     with pytest.raises(RawReadError, match=r"cannot read .*gone\.dng: it is no longer a file"):
         load_packed_normalised(tmp_path / "gone.dng")
+
+
+@pytest.mark.parametrize(("trained", "m", "source"), [
+    ({"amplification": "estimated", "m": 3}, 3.0, "the checkpoint's data.m=3"),
+    ({"amplification": "estimated", "m": 2.5}, 2.5, "the checkpoint's data.m=2.5"),
+    ({"amplification": "exposure_ratio", "m": 3}, 5.0,
+     "the paper's m=5: the checkpoint was trained with data.amplification=exposure_ratio"),
+    ({}, 5.0, "the paper's m=5: the checkpoint records no training settings"),
+])
+def test_trained_m_is_the_checkpoints_knob_or_the_papers(trained: dict, m: float,
+                                                         source: str) -> None:
+    assert trained_m(trained) == (m, source)
