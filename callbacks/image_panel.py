@@ -23,6 +23,18 @@ DISPLAY_GAMMA = 2.2  # the naive input has no tone curve; gamma makes it visible
 COLUMNS = ("input (amplified, naive RGB)", "prediction", "target")
 
 
+def metrics_step(trainer: L.Trainer) -> int:
+    """The step Lightning gives the metrics of this validation (``trainer/global_step`` in W&B).
+
+    Lightning logs with its count of batches stepped, which moves on only after the validation
+    that follows a training step: the metrics of the validation after step 400 are logged at 399.
+    The panel logged at ``global_step`` (400) sat one step off them on W&B's step slider.
+    """
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    stepped = getattr(epoch_loop, "_batches_that_stepped", None)
+    return int(stepped) if isinstance(stepped, int) else trainer.global_step
+
+
 def _fit(image: torch.Tensor, max_side: int) -> torch.Tensor:
     """Downscale a C x H x W image so its long side is at most ``max_side``."""
     scale = max_side / max(image.shape[-2:])
@@ -85,10 +97,10 @@ class ImagePanel(L.Callback):
         path = self.output_dir / f"val_step{trainer.global_step:07d}.png"
         Image.fromarray(panel).save(path)
         self.last_panel_path = path
-        caption = f"step {trainer.global_step}: rows {', '.join(self._names)}; columns " + \
-            " | ".join(COLUMNS)
+        caption = (f"after {trainer.global_step} training steps: rows "
+                   f"{', '.join(self._names)}; columns " + " | ".join(COLUMNS))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="val/panel", images=[panel], caption=[caption],
-                                 step=trainer.global_step)
+                                 step=metrics_step(trainer))
         self._rows, self._names = [], []

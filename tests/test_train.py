@@ -79,6 +79,16 @@ def test_default_run_writes_checkpoints_metrics_images_and_wandb(synthetic_sid: 
     )
     record = json.loads(inspect.stdout)
     assert record["config"]["model"]["rdb"] == "before"  # nested, so W&B can group by it
+    # Each validation's image panel sits at the step of its metrics on W&B's step axis.
+    records = subprocess.run(
+        [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json",
+         str(wandb_runs[0])], capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()
+    history = [json.loads(line)["history"]["item"] for line in records
+               if json.loads(line).get("type") == "history"]
+    panel_steps = [item["trainer/global_step"] for item in history if "val/panel.count" in item]
+    val_steps = [item["trainer/global_step"] for item in history if "val/psnr" in item]
+    assert panel_steps == val_steps and len(val_steps) == 2, history
     assert record["config"]["loss"]["ms_ssim_weight"] == 0.2
     assert record["project"] == "darkraw" and "quickstart" in record["tags"]
     # The run tells the user where everything is, and Lightning's messages come once, not twice.
