@@ -17,22 +17,11 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from darkraw.errors import ConfigError
+from darkraw.logging_steps import batches_stepped
 from lightning_modules.module import naive_rgb
 
 DISPLAY_GAMMA = 2.2  # the naive input has no tone curve; gamma makes it visible, display only
 COLUMNS = ("input (amplified, naive RGB)", "prediction", "target")
-
-
-def metrics_step(trainer: L.Trainer) -> int:
-    """The step Lightning gives the metrics of this validation (``trainer/global_step`` in W&B).
-
-    Lightning logs with its count of batches stepped, which moves on only after the validation
-    that follows a training step: the metrics of the validation after step 400 are logged at 399.
-    The panel logged at ``global_step`` (400) sat one step off them on W&B's step slider.
-    """
-    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    stepped = getattr(epoch_loop, "_batches_that_stepped", None)
-    return int(stepped) if isinstance(stepped, int) else trainer.global_step
 
 
 def _fit(image: torch.Tensor, max_side: int) -> torch.Tensor:
@@ -101,6 +90,8 @@ class ImagePanel(L.Callback):
                    f"{', '.join(self._names)}; columns " + " | ".join(COLUMNS))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                # At the step of this validation's metrics (one below global_step), so that
+                # W&B's step slider shows a panel with the scores it was made with.
                 logger.log_image(key="val/panel", images=[panel], caption=[caption],
-                                 step=metrics_step(trainer))
+                                 step=batches_stepped(trainer))
         self._rows, self._names = [], []

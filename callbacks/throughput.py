@@ -12,59 +12,80 @@ from typing import Any
 import lightning as L
 
 from darkraw.errors import ConfigError
+from darkraw.logging_steps import writes_step_metrics
 
 
 class Throughput(L.Callback):
+    """Iterations/s over windows of ``log_every_n_steps`` batches, on Lightning's step axis.
+
+    A window ends on the steps Lightning writes (see :mod:`darkraw.logging_steps`), not after a
+    count of its own: counted from the start, or from a validation or a resume at another step,
+    it ended between those steps and its value was dropped, so that a resumed run (or one
+    validating every 3 steps) logged no throughput at all. Validation pauses the clock: a window
+    across it measures training alone.
+    """
+
     def __init__(self, log_every_n_steps: int = 50) -> None:
         if log_every_n_steps < 1:  # ConfigError: one line, not Hydra's instantiate block
             raise ConfigError(f"callbacks.throughput.log_every_n_steps={log_every_n_steps} "
                               "must be >= 1")
         self.log_every_n_steps = log_every_n_steps
-        self._window_start: float | None = None
+        #: When the clock last started: train start, a batch end, a validation end; None while
+        #: validating.
+        self._mark: float | None = None
+        self._window_seconds = 0.0
         self._window_steps = 0
         self._window_patches = 0
         self.total_seconds = 0.0
         self.total_steps = 0
         self.total_patches = 0
 
-    def _restart_window(self) -> None:
-        self._window_start = time.perf_counter()
-        self._window_steps = 0
-        self._window_patches = 0
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_every = trainer.log_every_n_steps
+        if stage == "fit" and log_every and self.log_every_n_steps % log_every:
+            raise ConfigError(
+                f"callbacks.throughput.log_every_n_steps={self.log_every_n_steps} is not "
+                f"allowed: give a multiple of trainer.log_every_n_steps={log_every} (Lightning "
+                "writes step metrics only on those steps and drops the others)"
+            )
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restart_window()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close_window()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restart_window()
+    def _pause(self) -> None:
+        if self._mark is not None:
+            self._window_seconds += time.perf_counter() - self._mark
+        self._mark = None
 
     def _close_window(self) -> None:
-        if self._window_start is not None:
-            self.total_seconds += time.perf_counter() - self._window_start
-            self.total_steps += self._window_steps
-            self.total_patches += self._window_patches
-        self._window_start = None
-        self._window_steps = 0
-        self._window_patches = 0
+        self.total_seconds += self._window_seconds
+        self.total_steps += self._window_steps
+        self.total_patches += self._window_patches
+        self._window_seconds, self._window_steps, self._window_patches = 0.0, 0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._mark = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._pause()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._mark = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self._window_start is None:
-            self._restart_window()
-            return
+        now = time.perf_counter()
+        if self._mark is not None:
+            self._window_seconds += now - self._mark
+        self._mark = now
         self._window_steps += 1
         self._window_patches += int(batch["input"].shape[0]) * trainer.world_size
-        if self._window_steps >= self.log_every_n_steps:
-            elapsed = time.perf_counter() - self._window_start
-            pl_module.log("perf/iters_per_sec", self._window_steps / elapsed)
-            pl_module.log("perf/patches_per_sec", self._window_patches / elapsed)
+        if writes_step_metrics(trainer, self.log_every_n_steps) and self._window_seconds > 0:
+            pl_module.log("perf/iters_per_sec", self._window_steps / self._window_seconds)
+            pl_module.log("perf/patches_per_sec", self._window_patches / self._window_seconds)
             self._close_window()
-            self._restart_window()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
         self._close_window()
 
     @property

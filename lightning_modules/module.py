@@ -23,6 +23,7 @@ from torchmetrics.functional.image import (
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from darkraw.errors import ConfigError
+from darkraw.logging_steps import writes_step_metrics
 from lightning_modules.config import (
     LossConfig,
     NetConfig,
@@ -160,10 +161,10 @@ class RestorationModule(L.LightningModule):
         self.log("train/loss", parts.total, prog_bar=True, batch_size=batch_size)
         self.log("train/l1", parts.l1, batch_size=batch_size)
         self.log("train/ms_ssim", parts.ms_ssim, batch_size=batch_size)
-        # Lightning writes step metrics to the loggers when (step + 1) % log_every_n_steps == 0
-        # and drops values logged at other steps: compute these on the steps it writes
-        # (train_metrics_every_n_steps is checked to be a multiple of log_every_n_steps).
-        if (self.global_step + 1) % self.train_metrics_every_n_steps == 0:
+        # Lightning writes step metrics only on some steps and drops values logged at others:
+        # compute these on the steps it writes (darkraw.logging_steps).
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or writes_step_metrics(trainer, self.train_metrics_every_n_steps):
             with torch.no_grad():
                 p, t = prediction.detach().float(), batch["target"].float()
                 self.log("train/psnr", per_image_psnr(p, t).mean(), batch_size=batch_size)
