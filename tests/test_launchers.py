@@ -6,13 +6,17 @@ script on PATH answers, so they check the job script SLURM would receive, not ju
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import stat
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
@@ -20,7 +24,13 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 import darkraw.resolvers  # noqa: F401  (the configs' folder resolvers)
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point
+from tests.helpers import (
+    FAST_TRAIN,
+    REPO,
+    fixture_data_overrides,
+    popen_ctrl_c_able,
+    run_entry_point,
+)
 
 SLURM_OVERRIDES = [
     "hydra/launcher=slurm",
@@ -169,6 +179,52 @@ def test_local_launcher_runs_a_two_job_sweep(synthetic_sid: Path, tmp_path: Path
     # submitit ran each job as its own process, with its own logs.
     logs = list((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_local_sweep_saves_every_job_and_says_how_to_continue(
+        synthetic_sid: Path, tmp_path: Path) -> None:
+    """submitit's controllers answered Ctrl-C with a second SIGINT and SIGKILL: the jobs died
+    before saving (their records still said running), under a KeyboardInterrupt traceback."""
+    args = ["-m", "hydra/launcher=local", *fixture_data_overrides(synthetic_sid, tmp_path / "c"),
+            "data.progress=false", "data.cache_workers=1", f"paths.root_dir={tmp_path}",
+            *FAST_TRAIN, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+            "logger=csv", "callbacks.image_panel=null", "preflight.enabled=false",
+            "callbacks.last_checkpoint.every_n_train_steps=100000", "model.rdb=after,before"]
+    out, err = tmp_path / "sweep.stdout", tmp_path / "sweep.stderr"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
+        proc = popen_ctrl_c_able([sys.executable, str(REPO / "train.py"), *args],
+                                 stdout=stdout, stderr=stderr, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while len([p for p in tmp_path.glob("outputs/multirun/*/*/*/csv/metrics.csv")
+                   if "train/loss" in p.read_text() and p.read_text().count("\n") > 2]) < 2:
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the jobs did not start training in time"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr_text = err.read_text()
+    assert proc.returncode == 130, stderr_text[-3000:]
+    assert "Traceback" not in stderr_text and "KeyboardInterrupt" not in stderr_text
+    [sweep] = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert stderr_text.strip().splitlines() == [
+        "darkraw: sweep stopped by Ctrl-C: 2 of 2 jobs interrupted, each with its last.ckpt "
+        "saved at the step it reached",
+        f"  continue it: the same command with hydra.sweep.dir={sweep} (each job resumes from "
+        "its last.ckpt)"]
+    logs = {path.read_text() for path in sweep.glob(".submitit/*/*_log.err")}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        assert json.loads((job / "job_status.json").read_text())["status"] == "interrupted"
+        step = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)["global_step"]
+        # Saved at Ctrl-C, at the step the job says it stopped at (no periodic save ran).
+        assert step >= 1 and any(f"stopped by Ctrl-C at step {step}; resume point {job}" in log
+                                 for log in logs), logs
 
 
 @pytest.mark.parametrize(("launcher", "sweep"), [("slurm", "trainer.devices=2,4"),
