@@ -652,6 +652,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _written_since(path: Path, since_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= since_ns
+    except OSError:
+        return False
+
+
 def _run_jobs(
     jobs: list[tuple[str, str, Kind, str, str]],
     workers: int,
@@ -664,6 +671,7 @@ def _run_jobs(
     """
     done: list[str] = []
     failed: list[tuple[str, str]] = []
+    started_ns = time.time_ns()
     bar = tqdm(total=len(jobs), desc="darkraw cache", unit="file", disable=not progress)
 
     def record(relpath: str, call: Callable[[], object]) -> None:
@@ -698,8 +706,12 @@ def _run_jobs(
     except KeyboardInterrupt as interrupt:
         # Entries are written atomically (array, then metadata), so the finished ones are valid
         # and the rest are rebuilt by the next build; say so instead of a bare traceback.
-        message = (f"cache build interrupted: {len(done)} of {len(jobs)} pending entries were "
-                   "finished and are kept (with any a worker completed meanwhile); the same "
+        # Counted on disk: Ctrl-C can land after an entry's metadata is written and before
+        # ``record`` counts it.
+        finished = set(done) | {relpath for _, relpath, _, cache_dir, _ in jobs
+                                if _written_since(_meta_path(Path(cache_dir), relpath), started_ns)}
+        message = (f"cache build interrupted: {len(finished)} of {len(jobs)} pending entries "
+                   "were finished and are kept (with any a worker completed meanwhile); the same "
                    "command builds the rest")
         log.warning(message)
         raise CacheBuildInterrupted(message) from interrupt
