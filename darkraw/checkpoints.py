@@ -132,7 +132,8 @@ def is_darkraw_checkpoint(payload: Mapping[str, Any]) -> bool:
             and any(isinstance(k, str) and k.startswith("net.") for k in state))
 
 
-def _shape(value: object) -> str:
+def describe_shape(value: object) -> str:
+    """A tensor's shape as ``4x32x3x3``, or the type of what stands where a tensor should."""
     return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else (
         type(value).__name__)
 
@@ -246,7 +247,7 @@ def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[Any, Any]) -
     """
     missing = [k for k in expected if k not in given]
     unexpected = [str(k) for k in given if k not in expected]
-    wrong = [f"{k} ({_shape(given[k])} in the file, {_shape(v)} expected)"
+    wrong = [f"{k} ({describe_shape(given[k])} in the file, {describe_shape(v)} expected)"
              for k, v in expected.items()
              if k in given and (not isinstance(given[k], torch.Tensor)
                                 or given[k].shape != v.shape)]

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from darkraw.checkpoints import describe_shape
 from darkraw.errors import DataError
 from lightning_modules.network import DarkRestorationNet
 
@@ -100,10 +101,6 @@ def key_map(net: DarkRestorationNet) -> dict[str, str]:
     return mapping
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "x".join(str(s) for s in t.shape)
-
-
 def _require_reference_variant(net: DarkRestorationNet) -> None:
     if getattr(net, "rdb", None) != REFERENCE_RDB:
         raise ValueError(
@@ -126,10 +123,11 @@ def find_problems(
     mapping = key_map(net)
     ours = net.state_dict()
     missing = [
-        f"{k} (expected {_shape(ours[v])})" for k, v in mapping.items() if k not in reference
+        f"{k} (expected {describe_shape(ours[v])})"
+        for k, v in mapping.items() if k not in reference
     ]
     unexpected = [
-        f"{k} ({_shape(v) if isinstance(v, torch.Tensor) else type(v).__name__})"
+        f"{k} ({describe_shape(v)})"
         for k, v in reference.items()
         if k not in mapping
     ]
@@ -143,8 +141,8 @@ def find_problems(
             wrong.append(f"{ref_key}: a {kind}, expected a floating-point tensor")
         elif value.shape != ours[our_key].shape:
             wrong.append(
-                f"{ref_key}: {_shape(value)} in the file, expected {_shape(ours[our_key])} "
-                f"(-> {our_key})"
+                f"{ref_key}: {describe_shape(value)} in the file, expected "
+                f"{describe_shape(ours[our_key])} (-> {our_key})"
             )
     return missing, unexpected, wrong
 
@@ -202,7 +200,7 @@ def expected_keys_table() -> str:
     net = DarkRestorationNet(rdb=REFERENCE_RDB)
     ours = net.state_dict()
     rows = ["reference_key\tshape\tdarkraw_key"]
-    rows += [f"{ref}\t{_shape(ours[our])}\t{our}" for ref, our in key_map(net).items()]
+    rows += [f"{ref}\t{describe_shape(ours[our])}\t{our}" for ref, our in key_map(net).items()]
     return "\n".join(rows)
 
 
