@@ -51,6 +51,16 @@ def popen_ctrl_c_able(command: list[str], **kwargs: object) -> subprocess.Popen[
                             **kwargs)  # type: ignore[call-overload]
 
 
+def start_train_py_process_group(args: list[str], out: Path,
+                                 err: Path) -> subprocess.Popen[str]:
+    """train.py in its own process group, output in ``out`` and ``err`` (files: a full pipe
+    would block it), so that ``os.killpg`` signals it as a whole: what Ctrl-C in a terminal, or
+    SLURM, does."""
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        return popen_ctrl_c_able([sys.executable, str(REPO / "train.py"), *args],
+                                 stdout=stdout, stderr=stderr, start_new_session=True)
+
+
 # Overrides that make a real train.py run take seconds on 2 CPU cores.
 FAST_TRAIN = (
     "trainer.accelerator=cpu",

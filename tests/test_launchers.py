@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from tests.helpers import (
     FAST_TRAIN,
     REPO,
     fixture_data_overrides,
-    popen_ctrl_c_able,
     run_entry_point,
+    start_train_py_process_group,
 )
 
 SLURM_OVERRIDES = [
@@ -191,11 +190,8 @@ def test_ctrl_c_of_a_local_sweep_saves_every_job_and_says_how_to_continue(
             *FAST_TRAIN, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
             "logger=csv", "callbacks.image_panel=null", "preflight.enabled=false",
             "callbacks.last_checkpoint.every_n_train_steps=100000", "model.rdb=after,before"]
-    out, err = tmp_path / "sweep.stdout", tmp_path / "sweep.stderr"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
-        proc = popen_ctrl_c_able([sys.executable, str(REPO / "train.py"), *args],
-                                 stdout=stdout, stderr=stderr, start_new_session=True)
+    err = tmp_path / "sweep.stderr"
+    proc = start_train_py_process_group(args, tmp_path / "sweep.stdout", err)
     deadline = time.monotonic() + 240
     try:
         while len([p for p in tmp_path.glob("outputs/multirun/*/*/*/csv/metrics.csv")

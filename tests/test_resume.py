@@ -24,8 +24,8 @@ from tests.helpers import (
     FAST_TRAIN,
     REPO,
     fixture_data_overrides,
-    popen_ctrl_c_able,
     run_entry_point,
+    start_train_py_process_group,
     subprocess_env,
 )
 
@@ -185,11 +185,8 @@ def test_a_stop_signal_to_the_process_group_saves_and_resumes(
             "callbacks.last_checkpoint.every_n_train_steps=3",
             # A worker process too: a terminal's Ctrl-C reaches it as well.
             "data.num_workers=1", "data.persistent_workers=true"]
-    out, err = tmp_path / "sigint.stdout", tmp_path / "sigint.stderr"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
-        proc = popen_ctrl_c_able([sys.executable, str(REPO / "train.py"), *args],
-                                 stdout=stdout, stderr=stderr, start_new_session=True)
+    err = tmp_path / "sigint.stderr"
+    proc = start_train_py_process_group(args, tmp_path / "sigint.stdout", err)
     deadline = time.monotonic() + 240
     try:
         while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
