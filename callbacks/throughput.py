@@ -49,10 +49,13 @@ class Throughput(L.Callback):
                 "writes step metrics only on those steps and drops the others)"
             )
 
-    def _pause(self) -> None:
+    def _stop_clock(self) -> float:
+        """Add the time since the clock last started to the window; returns the time now."""
+        now = time.perf_counter()
         if self._mark is not None:
-            self._window_seconds += time.perf_counter() - self._mark
+            self._window_seconds += now - self._mark
         self._mark = None
+        return now
 
     def _close_window(self) -> None:
         self.total_seconds += self._window_seconds
@@ -65,7 +68,7 @@ class Throughput(L.Callback):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._pause()
+            self._stop_clock()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -73,10 +76,7 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._mark is not None:
-            self._window_seconds += now - self._mark
-        self._mark = now
+        self._mark = self._stop_clock()
         self._window_steps += 1
         self._window_patches += int(batch["input"].shape[0]) * trainer.world_size
         if writes_step_metrics(trainer, self.log_every_n_steps) and self._window_seconds > 0:
@@ -85,7 +85,7 @@ class Throughput(L.Callback):
             self._close_window()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._pause()
+        self._stop_clock()
         self._close_window()
 
     @property
