@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 
 from darkraw.errors import ConfigError
-from darkraw.logging_steps import writes_step_metrics
+from darkraw.logging_steps import off_the_logging_steps, writes_step_metrics
 
 
 class Throughput(L.Callback):
@@ -43,11 +43,9 @@ class Throughput(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         log_every = trainer.log_every_n_steps
         if stage == "fit" and log_every and self.log_every_n_steps % log_every:
-            raise ConfigError(
-                f"callbacks.throughput.log_every_n_steps={self.log_every_n_steps} is not "
-                f"allowed: give a multiple of trainer.log_every_n_steps={log_every} (Lightning "
-                "writes step metrics only on those steps and drops the others)"
-            )
+            raise off_the_logging_steps(
+                "callbacks.throughput.log_every_n_steps", self.log_every_n_steps, log_every,
+                " (Lightning writes step metrics only on those steps and drops the others)")
 
     def _stop_clock(self) -> float:
         """Add the time since the clock last started to the window; returns the time now."""

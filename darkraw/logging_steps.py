@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from darkraw.errors import ConfigError
+
 
 def batches_stepped(trainer: L.Trainer) -> int:
     """Training batches done before the current one: the ``step`` Lightning gives a value logged
@@ -26,3 +28,10 @@ def writes_step_metrics(trainer: L.Trainer, every_n_steps: int) -> bool:
     for an ``every_n_steps`` that is a multiple of ``log_every_n_steps`` (the callers check
     it), a step metric logged now reaches the loggers."""
     return (batches_stepped(trainer) + 1) % every_n_steps == 0
+
+
+def off_the_logging_steps(key: str, every: object, log_every: int, why: str) -> ConfigError:
+    """The error for an interval ``key`` that is not a multiple of ``log_every_n_steps``:
+    values computed on the steps between are logged and silently dropped by Lightning."""
+    return ConfigError(f"{key}={every!r} is not allowed: give a multiple of "
+                       f"trainer.log_every_n_steps={log_every}{why}")

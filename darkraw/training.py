@@ -51,6 +51,7 @@ from darkraw.distributed import (
 from darkraw.errors import ConfigError
 from darkraw.health import raise_if_unhealthy
 from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
+from darkraw.logging_steps import off_the_logging_steps
 from darkraw.plots import plot_learning_curve
 from darkraw.preflight import check_preflight_options, run_preflight
 from darkraw.resume import check_resume_checkpoint, check_resume_settings
@@ -282,11 +283,10 @@ def check_train_metrics_interval(model_cfg: Mapping[str, Any],
         raise ConfigError(f"trainer.log_every_n_steps={log_every!r} must be a positive step "
                           "count (Lightning writes step metrics every this many steps)")
     if not isinstance(every, int) or every < 1 or every % log_every:
-        raise ConfigError(
-            f"model.train_metrics_every_n_steps={every!r} is not allowed: give a multiple of "
-            f"trainer.log_every_n_steps={log_every}. Lightning writes step metrics only every "
-            "log_every_n_steps steps and drops train PSNR/SSIM computed on other steps"
-        )
+        raise off_the_logging_steps(
+            "model.train_metrics_every_n_steps", every, log_every,
+            ". Lightning writes step metrics only every log_every_n_steps steps and drops train "
+            "PSNR/SSIM computed on other steps")
 
 
 def build_module(cfg: DictConfig) -> RestorationModule:
