@@ -74,14 +74,17 @@ def _tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]
             yield from _tensors(item, f"{prefix}[{index}]")
 
 
+def nonfinite_tensors(value: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths below ``prefix``) of the floating-point tensors in ``value``, a
+    tensor or nested dicts and lists of them, that hold NaN or inf."""
+    return [name for name, tensor in _tensors(value, prefix)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
 def nonfinite_entries(checkpoint: dict[str, Any]) -> list[str]:
     """Names of floating-point tensors in the weights or optimizer state that hold NaN or inf."""
-    bad = []
-    for section in ("state_dict", "optimizer_states"):
-        for name, tensor in _tensors(checkpoint.get(section, {}), section):
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                bad.append(name)
-    return bad
+    return [name for section in ("state_dict", "optimizer_states")
+            for name in nonfinite_tensors(checkpoint.get(section, {}), section)]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from darkraw.checkpoint_io import nonfinite_tensors
 from darkraw.errors import ConfigError, DataError
 
 #: How to get a checkpoint that these loaders accept; ends every "not a checkpoint" message.
@@ -89,6 +90,51 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+#: Leading bytes of files users pass by mistake: what each is, and what to do when that is more
+#: specific than "give a checkpoint" (checked in this order).
+FILE_SIGNATURES: tuple[tuple[bytes, str, str | None], ...] = (
+    (b"version https://git-lfs", "a Git LFS pointer (a small text file standing in for the real "
+     "file)", "fetch the file itself with `git lfs pull`, or download it again"),
+    (b"\x89PNG", "a PNG image", None),
+    (b"\xff\xd8\xff", "a JPEG image", None),
+    (b"II*\x00", "a TIFF file (a DNG or TIFF-based camera raw?)", None),
+    (b"MM\x00*", "a TIFF file (a DNG or TIFF-based camera raw?)", None),
+    (b"\x93NUMPY", "a NumPy array file (.npy)", None),
+)
+#: How much of a file the guess reads: enough for an HTML page's doctype and a text's first line.
+SNIFFED_BYTES = 512
+
+
+def what_the_file_is(path: Path) -> tuple[str, str | None] | None:
+    """What a file that ``torch.load`` refused looks like from its first bytes, and what to do
+    about it where that is specific; None for a binary file of no known kind.
+
+    A checkpoint "downloaded" from a file host is often the host's HTML page (a sign-in or
+    virus-scan notice), and one from a Git repository a Git LFS pointer: both are small text
+    files, and torch's ``KeyError: 118`` says neither.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFFED_BYTES)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file (0 bytes)", "copy or download it again"
+    for signature, kind, advice in FILE_SIGNATURES:
+        if head.startswith(signature):
+            return kind, advice
+    if b"\x00" in head:
+        return None  # binary: a damaged or foreign file, for the caller's generic message
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if re.match(r"<(!doctype\s+html|html|head|body)\b", text, re.IGNORECASE):
+        return ("an HTML web page (a download link that returned the site's page, e.g. a "
+                "sign-in or virus-scan notice)",
+                "download the file again from its page in a browser")
+    if not text:
+        return "a text file of blank lines", None
+    return f"a text file (it starts with {text.splitlines()[0][:60]!r})", None
+
+
 def load_torch_file(path: str | Path, key: str, what_to_give: str) -> Any:
     """``torch.load`` of tensors and plain values only, with errors naming ``key=path``.
 
@@ -102,27 +148,33 @@ def load_torch_file(path: str | Path, key: str, what_to_give: str) -> Any:
         raise DataError(f"{key}={path} does not exist: {what_to_give}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except UNREADABLE_FILE_ERRORS as error:
+        seen = what_the_file_is(path)
+        if seen is not None:
+            kind, advice = seen
+            raise DataError(f"{key}={path} is {kind}, not a PyTorch checkpoint: "
+                            f"{advice or what_to_give}") from error
+        unreadable = error
+    if isinstance(unreadable, pickle.UnpicklingError):
         # torch words every refusal "Weights only load failed ... weights_only=False will likely
         # succeed": only an "Unsupported global" is a real pickle of objects; the rest is
-        # a file that is no pickle at all (a text file, an image, a damaged download).
-        objects = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        # a file that is no pickle at all (a binary file of another kind, a damaged download).
+        objects = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(unreadable))
         if objects:
             raise DataError(
                 f"{key}={path} holds pickled Python objects ({objects.group(1)}) besides tensors, "
                 "which darkraw does not load (they could run code): it is not a darkraw "
                 f"checkpoint; {what_to_give}"
-            ) from error
+            ) from unreadable
         raise DataError(
             f"{key}={path} is not a PyTorch checkpoint file (neither a torch.save archive nor "
             f"a pickle of tensors; or it is damaged): {what_to_give}"
-        ) from error
-    except UNREADABLE_FILE_ERRORS as error:
-        raise DataError(
-            f"{key}={path} could not be read as a PyTorch checkpoint ({type(error).__name__}: "
-            f"{first_line(error)}); if it is one, it is incomplete (compare its size with the "
-            f"original); otherwise {what_to_give}"
-        ) from error
+        ) from unreadable
+    raise DataError(
+        f"{key}={path} could not be read as a PyTorch checkpoint ({type(unreadable).__name__}: "
+        f"{first_line(unreadable)}); if it is one, it is incomplete (compare its size with the "
+        f"original); otherwise {what_to_give}"
+    ) from unreadable
 
 
 def is_darkraw_checkpoint(payload: Mapping[str, Any]) -> bool:
@@ -282,6 +334,17 @@ def network_from_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> 
     mismatch = state_dict_mismatch(module.state_dict(), checkpoint["state_dict"])
     if mismatch:
         raise does_not_fit(mismatch)
+    nonfinite = nonfinite_tensors(checkpoint["state_dict"])
+    if nonfinite:
+        # Such a network writes all-black images (NaN rounds to 0) and scores n/a, exit 0.
+        # darkraw's training never saves one (AtomicCheckpointIO), so it was edited, imported
+        # or written by other code.
+        raise DataError(
+            f"ckpt={path} holds NaN or inf in {len(nonfinite)} weight tensor(s) "
+            f"({_listed(nonfinite)}): its network cannot restore anything (its images would be "
+            "black); use a checkpoint from before the training diverged, e.g. the run's "
+            "best-*.ckpt"
+        )
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)
     except (KeyError, RuntimeError, TypeError, ValueError) as error:

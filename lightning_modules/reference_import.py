@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from darkraw.checkpoint_io import nonfinite_tensors
 from darkraw.checkpoints import describe_shape
 from darkraw.errors import DataError
 from lightning_modules.network import DarkRestorationNet
@@ -119,7 +120,8 @@ def _list(lines: Sequence[str], limit: int = 70) -> str:
 def find_problems(
     reference: Mapping[str, Any], net: DarkRestorationNet
 ) -> tuple[list[str], list[str], list[str]]:
-    """Missing, unexpected and mis-shaped (or non-tensor) entries, each a printable line."""
+    """Missing, unexpected and mis-shaped (or non-tensor, or non-finite) entries, each a
+    printable line."""
     mapping = key_map(net)
     ours = net.state_dict()
     missing = [
@@ -144,6 +146,9 @@ def find_problems(
                 f"{ref_key}: {describe_shape(value)} in the file, expected "
                 f"{describe_shape(ours[our_key])} (-> {our_key})"
             )
+        elif nonfinite_tensors(value):
+            # A network with NaN weights writes black images: never a checkpoint to hand on.
+            wrong.append(f"{ref_key}: holds NaN or inf values (a damaged or diverged file)")
     return missing, unexpected, wrong
 
 
@@ -156,7 +161,8 @@ def _problem_report(missing: list[str], unexpected: list[str], wrong: list[str],
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected tensor(s):\n{_list(unexpected)}")
     if wrong:
-        parts.append(f"{len(wrong)} tensor(s) of the wrong shape or type:\n{_list(wrong)}")
+        parts.append(f"{len(wrong)} tensor(s) of the wrong shape, type or values:\n"
+                     f"{_list(wrong)}")
     parts.append(
         "Give the authors' published checkpoint of the real-time network (Lamba & Mitra, CVPR "
         "2021) unchanged; `python -m lightning_modules.reference_import --list-keys` lists the "

@@ -157,6 +157,22 @@ def test_non_tensor_values_are_reported() -> None:
     assert "low_bias_placeholder (int)" in str(info.value)
 
 
+def test_nan_or_inf_tensors_are_refused_by_name() -> None:
+    """A converted checkpoint of such a file restored all-black images without a word."""
+    sd = dict(to_reference_state_dict(perturbed_net()))
+    sd["conv2x.0.bias"] = sd["conv2x.0.bias"].clone()
+    sd["conv2x.0.bias"][0] = float("nan")
+    sd["rdball.0.weight_g"] = torch.full_like(sd["rdball.0.weight_g"], float("-inf"))
+    net = DarkRestorationNet()
+    with pytest.raises(ReferenceCheckpointError) as info:
+        load_reference_state_dict(net, sd, source="ref.pt")
+    message = str(info.value)
+    assert "2 tensor(s) of the wrong shape, type or values" in message
+    assert "conv2x.0.bias: holds NaN or inf values" in message
+    assert "rdball.0.weight_g: holds NaN or inf values" in message
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())  # nothing copied
+
+
 def test_the_classic_rdb_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="rdb='before'"):
         to_reference_state_dict(DarkRestorationNet(rdb="after"))
@@ -182,13 +198,22 @@ def test_files_of_the_wrong_form_are_refused(tmp_path: Path, payload: object, ma
 
 def test_unreadable_and_absent_files_are_refused(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a torch file")
-    with pytest.raises(ReferenceCheckpointError, match="garbage.pt is not a PyTorch checkpoint"):
+    garbage.write_bytes(bytes(range(200)))
+    with pytest.raises(ReferenceCheckpointError, match="garbage.pt (is not a PyTorch checkpoint|"
+                                                       "could not be read)"):
         read_reference_checkpoint(garbage)
     notes = tmp_path / "notes.txt"  # torch.load raised KeyError on a text file: now explained
-    notes.write_text("e" * 200)
-    with pytest.raises(ReferenceCheckpointError, match="notes.txt (is not|could not be read)"):
+    notes.write_text("not a torch file")
+    with pytest.raises(ReferenceCheckpointError,
+                       match=r"notes.txt is a text file \(it starts with 'not a torch file'\), "
+                             "not a PyTorch checkpoint: give the authors' published checkpoint"):
         read_reference_checkpoint(notes)
+    # What a file host's download link saves when it answers with a page instead of the file.
+    page = tmp_path / "model.pt"
+    page.write_text("<!doctype html>\n<html><title>Sign in</title></html>")
+    with pytest.raises(ReferenceCheckpointError,
+                       match="model.pt is an HTML web page .*download the file again"):
+        read_reference_checkpoint(page)
     with pytest.raises(DataError, match="absent.pt does not exist"):
         read_reference_checkpoint(tmp_path / "absent.pt")
 
