@@ -130,9 +130,9 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
     )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    def compose_all(args: Sequence[str]) -> DictConfig:
+    def compose_all(args: Sequence[str], with_hydra: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=list(args))
+            return compose(config_name, overrides=list(args), return_hydra_config=with_hydra)
 
     try:
         compose_all(overrides)
@@ -152,6 +152,12 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
         return (f"cannot read the override {culprit!r}: {reason.splitlines()[0]} (overrides "
                 "are key=value; quote a value with special characters, e.g. key='a value')")
     except ConfigCompositionException as error:
+        if str(error).startswith("Ambiguous value for argument"):
+            sweeps = sweep_overrides(overrides)
+            rest = [arg for arg in overrides if arg not in sweeps]
+            # Another mistake among the rest is said first: it would fail under -m as well.
+            return (composition_error(config_name, rest) if sweeps else None) or (
+                sweep_without_multirun(sweeps, compose_all(rest, True)))
         # Only a key that does not exist; a value of the wrong type for a typed key (Hydra's
         # own settings) also names its key, and is Hydra's to explain.
         cause = error.__cause__
@@ -171,6 +177,30 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
     except Exception:  # anything else (an interpolation, a plugin): Hydra reports it as ever
         return None
     return None
+
+
+def sweep_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that are sweeps (``m=1,5``, ``seed=range(3)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [arg for arg in overrides if parser.parse_override(arg).is_sweep_override()]
+
+
+def sweep_without_multirun(sweeps: Sequence[str], composed: DictConfig) -> str | None:
+    """The line for a comma list (``m=1,5``) given without ``-m``, or None where the config
+    itself asks for a multirun (``+sweep=rdb`` sets ``hydra.mode: MULTIRUN``) and Hydra runs it.
+
+    ``composed``: the config of the other overrides, with Hydra's own settings. Hydra's answer
+    is five lines ending in ``HYDRA_FULL_ERROR``, naming neither fix for the key at hand.
+    """
+    from hydra.types import RunMode
+
+    if not sweeps or composed.hydra.mode == RunMode.MULTIRUN:
+        return None
+    key, _, values = sweeps[0].partition("=")
+    return (f"{sweeps[0]} is a comma list, which Hydra takes for a sweep over its values: write "
+            f"{key}=[{values}] for a list value, or add -m to run once per value")
 
 
 def unreadable_override(overrides: Sequence[str]) -> tuple[str, str] | None:

@@ -105,6 +105,14 @@ def test_require_set_names_the_key_and_how_to_pass_it() -> None:
                                           "alternative at input '[a'"),
     ("eval", ["ckpt=/x", "splitt=val"], "splitt is not a setting: did you mean split?"),
     ("restore", ["tile_siz=3"], "tile_siz is not a setting: did you mean tile_size?"),
+    # A comma list without -m: Hydra's five lines ended in HYDRA_FULL_ERROR.
+    ("restore", ["ckpt=a", "m=1,5"], "m=1,5 is a comma list, which Hydra takes for a sweep over "
+                                     "its values: write m=[1,5] for a list value, or add -m"),
+    ("train", ["model.rdb=after,before"], "model.rdb=after,before is a comma list"),
+    ("eval", ["ckpt=/x", "split=val,test"], "split=val,test is a comma list"),
+    # ... after any other mistake, which -m would not mend.
+    ("train", ["seed=1,2", "model.rbd=after"], "model.rbd is not a setting: did you mean "
+                                               "model.rdb?"),
 ])
 def test_a_wrong_override_is_named_in_one_line(config: str, overrides: list[str],
                                                message: str) -> None:
@@ -118,7 +126,8 @@ def test_a_wrong_override_is_named_in_one_line(config: str, overrides: list[str]
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["model.rdb=after", "+sweep=rdb"], ["model.rdb=after,before"],  # a sweep: Hydra's to say
+    [], ["model.rdb=after", "+sweep=rdb"],
+    ["+sweep=rdb", "seed=1,2"],  # the sweep config asks for a multirun: -m is optional there
     ["-m", "model.rdb=after,before"], ["--cfg", "job"], ["model.rbd=after", "--help"],
     ["hydra.job.chdir=abc"],  # a wrong type for one of Hydra's own typed settings: Hydra's
 ])
