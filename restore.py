@@ -57,11 +57,18 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
         check_amplification,
         check_image_format,
         check_m_values,
+        check_orientation,
         check_tiling,
+        tiling_warning,
     )
 
     # Every setting is checked before any file is read or the progress bar starts.
     require_set(cfg, REQUIRED)
+    for key in PATH_KEYS:
+        if cfg[key] is None or not str(cfg[key]).strip():
+            # Path("") is the current folder: input= would restore whatever lies there.
+            example = REQUIRED.get(key, "output=restored/ (a folder for the images)")
+            raise ConfigError(f"{key}= is empty: give {example}")
     precision = str(cfg.precision)
     if precision not in AUTOCAST:
         raise ConfigError(f"precision={precision!r} is not allowed: choose one of {list(AUTOCAST)}")
@@ -72,6 +79,10 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     amplification = check_amplification(cfg.amplification)
     image_format = check_image_format(cfg.format)
     check_tiling(cfg.tile_size, cfg.tile_overlap)
+    orientation = check_orientation(cfg.orientation)
+    seams = tiling_warning(cfg.tile_size, cfg.tile_overlap)
+    if seams:
+        log.warning("darkraw: warning: %s", seams)
     if not isinstance(amplification, str) and m_given_on_command_line() and m_values:
         log.warning("darkraw: warning: m=%s is ignored with a fixed amplification=%g (m only "
                     "tunes amplification=estimated); writing one image per file", m_values,
@@ -129,15 +140,23 @@ def run(cfg: DictConfig) -> list[tuple[Path, float]]:
     net = load_inference_network(cfg.ckpt, device, checkpoint)
     del checkpoint
     output = prepare_output_dir(cfg.output)
-    with ConsoleReporter(len(files)) as reporter:
-        report = restore_all(
-            net, files, output, reporter=reporter,
-            # A single file's failure is the run's failure: its own error line, not a summary.
-            skip_failures=Path(cfg.input).is_dir(),
-            m_values=m_values, amplification=amplification, image_format=image_format,
-            tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap, device=device,
-            autocast_dtype=AUTOCAST[precision],
-        )
+    reporter = ConsoleReporter(len(files))
+    try:
+        with reporter:
+            report = restore_all(
+                net, files, output, reporter=reporter,
+                # A single file's failure is the run's failure: its own error line, not a summary.
+                skip_failures=Path(cfg.input).is_dir(),
+                m_values=m_values, amplification=amplification, image_format=image_format,
+                tile_size=cfg.tile_size, tile_overlap=cfg.tile_overlap, device=device,
+                autocast_dtype=AUTOCAST[precision], orientation=orientation,
+            )
+    except KeyboardInterrupt:
+        # Each image is renamed into place once complete: what is listed above is whole.
+        print(f"\ndarkraw: interrupted (Ctrl-C): {reporter.images_written} image(s) written into "
+              f"{output} (listed above), each complete; the file being restored has none",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     if report.failed:
         raise DataError(report.failure_message())
     print(f"darkraw: restored {len(files)} file(s) into {output}", file=sys.stderr)

@@ -30,8 +30,12 @@ def exit_with_user_error(error: DarkrawError) -> NoReturn:
 
 
 def run_reporting_user_errors(run: Callable[..., T], *args: object) -> T:
+    """``run(*args)``, with user errors, a full disk and Ctrl-C each ending in one line."""
     try:
         return run(*args)
+    except KeyboardInterrupt:
+        print("\ndarkraw: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     except DarkrawError as error:
         exit_with_user_error(error)
     except OSError as error:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +37,14 @@ from datamodules.amplification import (
     MIN_AMPLIFICATION,
     estimated_amplification,
 )
-from datamodules.raw import RawFrame, RawReadError, normalise, pack_bayer, read_raw
+from datamodules.raw import (
+    RawFrame,
+    RawReadError,
+    normalise,
+    orient_as_shot,
+    pack_bayer,
+    read_raw,
+)
 
 #: Camera raw formats LibRaw decodes (its supported-cameras list), by file extension: a folder
 #: run takes the files with these. An X-Trans RAF is taken by its name too; the 2x2 Bayer check
@@ -228,18 +236,30 @@ def read_user_raw(path: Path) -> RawFrame:
         raise
 
 
-def load_packed_normalised(
-    path: Path,
-) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """Packed (4, h, w) float32 in [0, 1], the RGGB mosaic's (H, W) and its (row, col) offset.
+@dataclass(frozen=True)
+class PackedRaw:
+    """A user's raw file as the network takes it, and what puts its output back in shape."""
 
-    Any 2x2 Bayer phase is taken (see ``read_raw(any_bayer_phase=True)``): the mosaic starts at
-    the first R site, ``offset`` rows/columns into the file's visible area, which the output puts
-    back with :func:`pad_to_visible` so that it keeps the file's full size.
+    #: (4, h, w) float32 in [0, 1], RGGB, each side even.
+    packed: np.ndarray
+    #: The RGGB mosaic's (H, W): the output is cropped back to it.
+    shape: tuple[int, int]
+    #: Rows/columns before the first R site, put back by :func:`pad_to_visible`.
+    offset: tuple[int, int]
+    #: LibRaw's orientation code, applied by ``datamodules.raw.orient_as_shot``.
+    flip: int
+
+
+def load_packed_normalised(path: Path) -> PackedRaw:
+    """The packed, normalised mosaic of any 2x2 Bayer phase (``read_raw(any_bayer_phase=True)``).
+
+    The mosaic starts at the first R site, ``offset`` rows/columns into the file's visible area,
+    which the output puts back with :func:`pad_to_visible` so that it keeps the file's full size.
     """
     frame = read_user_raw(path)
     packed = pack_bayer(even_mosaic(frame.mosaic))
-    return normalise(packed, frame.black_level, frame.white_level), frame.shape, frame.offset
+    return PackedRaw(normalise(packed, frame.black_level, frame.white_level), frame.shape,
+                     frame.offset, frame.flip)
 
 
 def pad_to_visible(image: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
@@ -343,6 +363,38 @@ def check_tiling(tile_size: int | None, tile_overlap: int) -> None:
             f"multiples of {PACKED_MULTIPLE} packed px, so use tile_size >= "
             f"{2 * PACKED_MULTIPLE} or tile_overlap=0"
         )
+
+
+#: ``orientation=``: as the camera was held (the file's Orientation tag, as raw converters show
+#: it), or as the sensor stored the mosaic (eval.py's and SID's targets' orientation).
+AS_SHOT, SENSOR = "as_shot", "sensor"
+ORIENTATIONS = (AS_SHOT, SENSOR)
+
+
+def check_orientation(orientation: object) -> str:
+    if orientation not in ORIENTATIONS:
+        raise ConfigError(f"orientation={orientation!r} is not allowed: choose one of "
+                          f"{list(ORIENTATIONS)} ({AS_SHOT!r}: turned as the camera was held, "
+                          f"{SENSOR!r}: as the sensor stored it)")
+    return str(orientation)
+
+
+#: Tiles below the network's training crops (512 px, 256 packed) and overlaps below 32 packed px
+#: change the result visibly at tile borders (measured: 256/64 differs from the whole image by
+#: 1 level on average and up to 19, 64/16 by 7 and up to 60, overlap 0 by up to 255 at seams).
+ADVISED_MIN_TILE, ADVISED_MIN_OVERLAP = 256, 32
+
+
+def tiling_warning(tile_size: int | None, tile_overlap: int) -> str | None:
+    """Why these tiles will show, or None: small tiles are allowed (memory may demand them) but
+    never silently, as the seams they leave are visible."""
+    if tile_size is None or (tile_size >= ADVISED_MIN_TILE and tile_overlap >= ADVISED_MIN_OVERLAP):
+        return None
+    return (f"tile_size={tile_size} with tile_overlap={tile_overlap} leaves visible seams in "
+            f"images larger than one tile: tiles see less context than the "
+            f"{2 * ADVISED_MIN_TILE} px crops the network was trained on, and overlaps below "
+            f"{ADVISED_MIN_OVERLAP} packed px blend too little; use tile_size >= "
+            f"{ADVISED_MIN_TILE} and tile_overlap >= {ADVISED_MIN_OVERLAP} unless memory forbids")
 
 
 def check_image_format(image_format: str) -> str:
@@ -528,21 +580,27 @@ def write_image(image: torch.Tensor, path: Path, quality: int = 95) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
         check_image_format(suffix)  # raises: the one message for every unsupported format
+    # Written under a temporary name and renamed: a full disk or a Ctrl-C mid-write leaves no
+    # truncated image under the real name for a later look (or a sync) to take as restored.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(path, to_uint(image, 16))
-            return path
-        from PIL import Image
+            tifffile.imwrite(partial, to_uint(image, 16))
+        else:
+            from PIL import Image
 
-        Image.fromarray(to_uint(image, 8)).save(path, quality=quality)
+            Image.fromarray(to_uint(image, 8)).save(
+                partial, format="PNG" if suffix == ".png" else "JPEG", quality=quality)
+        os.replace(partial, path)
     except OSError as error:
-        with contextlib.suppress(OSError):  # no half-written image under the real name
-            path.unlink(missing_ok=True)
         raise DataError(f"cannot write {path}: {error.strerror or error}; check the free space "
                         f"and permissions of {path.parent}") from error
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return path
 
 
@@ -569,8 +627,44 @@ class Reporter:
     def failed(self, path: Path, error: DarkrawError) -> None:
         """``path`` could not be restored and is skipped."""
 
+    def warning(self, message: str) -> None:
+        """Something the user should know about the images being written."""
+
     def file_done(self) -> None:
         """The current input file is finished, restored or not."""
+
+
+def amplifier_limit_warnings(path: Path, m_values: Sequence[float],
+                             gains: Sequence[float]) -> list[str]:
+    """A line for each knob whose gain the amplifier clamped to its trained range.
+
+    ``m=1000`` and ``m=2000`` otherwise write two identical images under different names with
+    nothing to say why (a very dark or black file reaches the upper limit at any m).
+    """
+    lines = []
+    for m, gain in zip(m_values, gains, strict=True):
+        if gain >= MAX_AMPLIFICATION or gain <= MIN_AMPLIFICATION:
+            limit, beyond = ("upper", "larger") if gain >= MAX_AMPLIFICATION else (
+                "lower", "smaller")
+            lines.append(
+                f"{path.name}: m={m:g} reaches the amplifier's {limit} limit, x{gain:g} (the "
+                f"range the network was trained on is [{MIN_AMPLIFICATION:g}, "
+                f"{MAX_AMPLIFICATION:g}]): a {beyond} m gives the same image"
+            )
+    return lines
+
+
+def nonfinite_output_error(path: Path, gain: float,
+                           autocast_dtype: torch.dtype | None) -> DataError:
+    """Why an output holds NaN or inf, which ``to_uint`` would silently write as black."""
+    if autocast_dtype == torch.float16:
+        advice = ("fp16 overflows on this network's activations at this brightness: use "
+                  "precision=bf16 or precision=32")
+    else:
+        advice = ("the network computed NaN or inf from this file; restore it with precision=32 "
+                  "on the CPU to check, and report it with the file if that fails too")
+    return DataError(f"the restoration of {path} at amplification x{gain:.1f} holds NaN or inf "
+                     f"values (it would be written black): {advice}")
 
 
 @torch.inference_mode()
@@ -578,20 +672,29 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
                  amplification: str | float, image_format: str, tile_size: int | None,
                  tile_overlap: int, device: torch.device,
                  autocast_dtype: torch.dtype | None = None,
+                 orientation: str = AS_SHOT,
                  reporter: Reporter | None = None,
                  stem: str | None = None) -> list[tuple[Path, float]]:
     """Restore one raw file once per output of :func:`gains_and_labels`.
 
-    Each image has the file's full visible size, is named ``<stem>_<label>.<image_format>``
-    (``stem``: the file's own unless :func:`output_stems` chose another) and is reported as
-    soon as it is written. Returns (written file, gain) pairs.
+    Each image has the file's full visible size, turned as the camera was held
+    (``orientation="as_shot"``, LibRaw's reading of the file's Orientation tag) or left as the
+    sensor stored it (``"sensor"``, as eval.py and SID's targets), is named
+    ``<stem>_<label>.<image_format>`` (``stem``: the file's own unless :func:`output_stems`
+    chose another) and is reported as soon as it is written. Returns (written file, gain) pairs.
     """
     reporter = reporter or Reporter()
     reporter.reading(path)
-    packed, (height, width), offset = load_packed_normalised(path)
-    outputs = gains_and_labels(packed, amplification, m_values)
-    reporter.restoring(path, len(outputs), tile_count(packed.shape[-2:], tile_size, tile_overlap))
-    x = torch.from_numpy(packed)[None].to(device)
+    raw = load_packed_normalised(path)
+    height, width = raw.shape
+    outputs = gains_and_labels(raw.packed, amplification, m_values)
+    if isinstance(check_amplification(amplification), str):
+        for line in amplifier_limit_warnings(path, m_values, [gain for gain, _ in outputs]):
+            reporter.warning(line)
+    reporter.restoring(path, len(outputs),
+                       tile_count(raw.packed.shape[-2:], tile_size, tile_overlap))
+    x = torch.from_numpy(raw.packed)[None].to(device)
+    flip = raw.flip if check_orientation(orientation) == AS_SHOT else 0
     written = []
     for gain, label in outputs:
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
@@ -602,9 +705,11 @@ def restore_file(net: nn.Module, path: Path, output_dir: Path, *, m_values: Sequ
             else:
                 restored = run_padded(net, x * gain)
                 reporter.advance()
+        image = pad_to_visible(restored[0, :, :height, :width].float(), raw.offset)
+        if not bool(torch.isfinite(image).all()):
+            raise nonfinite_output_error(path, gain, autocast_dtype)
         target = output_dir / f"{stem or path.stem}_{label}.{image_format}"
-        image = pad_to_visible(restored[0, :, :height, :width].float(), offset)
-        written.append((write_image(image, target), gain))
+        written.append((write_image(orient_as_shot(image, flip), target), gain))
         reporter.written(target, gain)
     return written
 
@@ -695,6 +800,7 @@ class ConsoleReporter(Reporter, AbstractContextManager["ConsoleReporter"]):
         )
         self.files_task = (self.progress.add_task("files", total=files) if files > 1 else None)
         self.file_task = self.progress.add_task("", total=None)
+        self.images_written = 0
 
     def __enter__(self) -> ConsoleReporter:
         self.progress.start()
@@ -716,10 +822,14 @@ class ConsoleReporter(Reporter, AbstractContextManager["ConsoleReporter"]):
         self.progress.advance(self.file_task)
 
     def written(self, path: Path, gain: float) -> None:
+        self.images_written += 1
         print(f"{path}  (amplification x{gain:.1f})", flush=True)
 
     def failed(self, path: Path, error: DarkrawError) -> None:
         self.console.print(f"darkraw: warning: skipped {path}: {error}")
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"darkraw: warning: {message}")
 
     def file_done(self) -> None:
         if self.files_task is not None:

@@ -18,6 +18,7 @@ import os
 import uuid
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pidng.core import RAW2DNG
@@ -133,13 +134,14 @@ def _tags(
     cfa_pattern: str,
     neutral: np.ndarray,
     iso: int,
+    orientation: int = Orientation.Horizontal,
 ) -> DNGTags:
     tags = DNGTags()
     tags.set(Tag.ImageWidth, width)
     tags.set(Tag.ImageLength, height)
     tags.set(Tag.TileWidth, width)
     tags.set(Tag.TileLength, height)
-    tags.set(Tag.Orientation, Orientation.Horizontal)
+    tags.set(Tag.Orientation, orientation)
     tags.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
     tags.set(Tag.SamplesPerPixel, 1)
     tags.set(Tag.BitsPerSample, 16)
@@ -173,11 +175,13 @@ def encode_bayer_dng(
     cfa_pattern: str = "RGGB",
     as_shot_neutral: tuple[float, float, float] = (0.5, 1.0, 0.6),
     iso: int = 100,
+    orientation: int = Orientation.Horizontal,
     name: str = "<memory>",
 ) -> bytes:
     """The bytes of a DNG file; kept separate from writing so files can be written atomically.
 
-    ``name`` only labels error messages.
+    ``orientation`` is the TIFF/EXIF Orientation tag (1: as stored, 6: turn 90 degrees clockwise
+    to view, ...: how a camera records a photo taken upright); ``name`` only labels errors.
     """
     where = Path(name)
     pattern = cfa_pattern.upper()
@@ -187,6 +191,9 @@ def encode_bayer_dng(
         raise ValueError(f"{where}: exposure_time must be positive seconds, got {exposure_time}")
     _check_levels(where, black_level, white_level)
     data = _check_mosaic(where, mosaic, white_level)
+    if orientation not in range(1, 9):
+        raise ValueError(f"{where}: orientation must be a TIFF Orientation value 1..8, got "
+                         f"{orientation!r}")
     tags = _tags(
         *data.shape,
         exposure_time=exposure_time,
@@ -195,6 +202,7 @@ def encode_bayer_dng(
         cfa_pattern=pattern,
         neutral=_check_neutral(where, as_shot_neutral),
         iso=iso,
+        orientation=int(orientation),
     )
     writer = RAW2DNG()
     writer.options(tags, path="", compress=False)
@@ -221,32 +229,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def write_bayer_dng(
-    path: str | Path,
-    mosaic: np.ndarray,
-    *,
-    exposure_time: float,
-    black_level: int = 512,
-    white_level: int = 16383,
-    cfa_pattern: str = "RGGB",
-    as_shot_neutral: tuple[float, float, float] = (0.5, 1.0, 0.6),
-    iso: int = 100,
-) -> Path:
+def write_bayer_dng(path: str | Path, mosaic: np.ndarray, *, exposure_time: float,
+                    **settings: Any) -> Path:
     """Write ``mosaic`` (HxW integer raw values in [0, white_level]) as a Bayer DNG at ``path``.
 
-    ``cfa_pattern`` is the 2x2 colour layout at the top-left pixel; ``as_shot_neutral`` is the raw
-    R, G, B response to a white surface (the inverse of the camera white balance). The parent
-    folder is created; the file appears atomically. Returns ``path``.
+    ``settings`` are :func:`encode_bayer_dng`'s (levels, ``cfa_pattern``, ``as_shot_neutral``,
+    ``iso``, ``orientation``), with its defaults. The parent folder is created; the file appears
+    atomically. Returns ``path``.
     """
     path = Path(path)
-    data = encode_bayer_dng(
-        mosaic,
-        exposure_time=exposure_time,
-        black_level=black_level,
-        white_level=white_level,
-        cfa_pattern=cfa_pattern,
-        as_shot_neutral=as_shot_neutral,
-        iso=iso,
-        name=str(path),
-    )
+    data = encode_bayer_dng(mosaic, exposure_time=exposure_time, name=str(path), **settings)
     return atomic_write_bytes(path, data)

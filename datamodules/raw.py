@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import rawpy
+import torch
 
 from darkraw.errors import DataError
 
@@ -58,6 +59,9 @@ class RawFrame:
     #: Rows and columns dropped at the top/left of the visible area so that the mosaic starts at
     #: an R site: (0, 0) for RGGB files, non-zero only with ``read_raw(any_bayer_phase=True)``.
     offset: tuple[int, int] = (0, 0)
+    #: LibRaw's ``sizes.flip`` (from the file's Orientation tag): how to turn the mosaic's image
+    #: to show it as the camera was held (see :func:`orient_as_shot`). Training ignores it.
+    flip: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -194,14 +198,41 @@ def read_raw(path: str | Path, multiple: int = CROP_MULTIPLE, *,
                 f"{multiple}x{multiple}, the smallest image the network accepts."
             )
         mosaic = np.array(visible[dy:dy + h, dx:dx + w], dtype=np.uint16, copy=True)
+        black_level = _black_levels(raw, offset)
+        white_level = float(raw.white_level)
+        if white_level <= max(black_level):
+            raise RawReadError(
+                f"{path} gives white level {white_level:g} and black levels "
+                f"{', '.join(f'{b:g}' for b in black_level)}: the white level must be above them "
+                "(a damaged file, or levels LibRaw reads wrong for this camera), so its values "
+                "cannot be scaled to the network's [0, 1] input"
+            )
         return RawFrame(
             path=path,
             mosaic=mosaic,
-            black_level=_black_levels(raw, offset),
-            white_level=float(raw.white_level),
+            black_level=black_level,
+            white_level=white_level,
             visible_shape=(int(visible.shape[0]), int(visible.shape[1])),
             offset=offset,
+            flip=int(raw.sizes.flip),
         )
+
+
+def orient_as_shot(image: torch.Tensor, flip: int) -> torch.Tensor:
+    """An image (..., H, W) in the mosaic's orientation, turned as LibRaw shows the file.
+
+    ``flip`` is LibRaw's ``sizes.flip``: bit 1 mirrors left-right, bit 2 top-bottom, then bit 4
+    swaps rows and columns (6: a quarter turn clockwise, 5: anticlockwise, 3: a half turn), the
+    order LibRaw applies them in. A portrait photo's mosaic is stored sideways; without this its
+    restoration would be too.
+    """
+    if flip & 1:
+        image = image.flip(-1)
+    if flip & 2:
+        image = image.flip(-2)
+    if flip & 4:
+        image = image.transpose(-1, -2)
+    return image
 
 
 def render_target(path: str | Path, multiple: int = CROP_MULTIPLE) -> np.ndarray:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lightning_modules.network import DarkRestorationNet
@@ -107,3 +108,19 @@ def perturbed_net(rdb: str = "before") -> DarkRestorationNet:
             else:
                 param.mul_(1 + 0.3 * torch.randn_like(param))
     return net.eval()
+
+
+def write_dng_with_levels(path: Path, mosaic: np.ndarray, *, black_level: int,
+                          white_level: int) -> Path:
+    """An RGGB DNG with levels ``write_bayer_dng`` refuses (white not above black): what a
+    damaged file, or a camera whose levels LibRaw misreads, hands the decoder."""
+    from pidng.core import RAW2DNG
+
+    from datamodules.dng import _tags, atomic_write_bytes
+
+    tags = _tags(*mosaic.shape, exposure_time=0.1, black_level=black_level,
+                 white_level=white_level, cfa_pattern="RGGB", neutral=np.array([0.5, 1.0, 0.6]),
+                 iso=100)
+    writer = RAW2DNG()
+    writer.options(tags, path="", compress=False)
+    return atomic_write_bytes(path, bytes(writer.convert(mosaic.astype(np.uint16))))

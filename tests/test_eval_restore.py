@@ -6,6 +6,9 @@ import csv
 import json
 import math
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +23,14 @@ from datamodules.cache import MANIFEST_NAME
 from datamodules.dng import write_bayer_dng
 from datamodules.sid_lists import load_pairs
 from lightning_modules.module import RestorationModule
-from tests.helpers import FIXTURE_SET, fixture_data_overrides, run_entry_point
+from tests.helpers import (
+    FIXTURE_SET,
+    REPO,
+    fixture_data_overrides,
+    popen_ctrl_c_able,
+    run_entry_point,
+    write_dng_with_levels,
+)
 
 CONSTANT = 0.5
 
@@ -220,6 +230,11 @@ def test_restore_missing_input_says_how_to_pass_it(random_checkpoint: Path,
     (["amplification=bright"], "amplification='bright' is not allowed"),
     (["m=[1,0]"], "m=0 is not allowed"),
     (["format=bmp"], "format='bmp' is not allowed"),
+    (["orientation=upright"], "orientation='upright' is not allowed: choose one of ['as_shot', "
+                              "'sensor']"),
+    # Path("") is the current folder: it would have restored (or written into) the cwd.
+    (["input="], "input= is empty: give input=photos/"),
+    (["output="], "output= is empty: give output=restored/"),
 ])
 def test_restore_checks_every_setting_before_any_work(setting: list[str], message: str,
                                                       random_checkpoint: Path,
@@ -283,11 +298,14 @@ def test_restore_with_a_fixed_amplification_writes_one_image_per_file_named_by_i
 
 def test_restore_skips_a_bad_file_of_a_folder_and_fails_at_the_end_naming_it(
         random_checkpoint: Path, tmp_path: Path) -> None:
-    """A PNG under a raw name between two raws: warned about and skipped, the others restored
-    and listed; the run then ends with one error line. The same file alone is its own error."""
+    """A PNG under a raw name, and a raw whose white level is not above its black level (a
+    traceback that ended the whole run), between two raws: each warned about and skipped, the
+    others restored and listed; the run then ends with one error line. The same file alone is
+    its own error."""
     raw = tmp_path / "raw"
     write_dark_dngs(raw, ("a", "c"))
     Image.new("RGB", (32, 32)).save(raw / "b.dng", format="PNG")
+    write_dng_with_levels(raw / "d.dng", np.full((64, 96), 600), black_level=600, white_level=600)
     out = tmp_path / "restored"
     proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw}",
                            f"output={out}", "tile_size=32", "tile_overlap=8", check=False,
@@ -297,15 +315,51 @@ def test_restore_skips_a_bad_file_of_a_folder_and_fails_at_the_end_naming_it(
     assert [line.split("  (amplification x")[0] for line in proc.stdout.splitlines()] == [
         str(out / "a_m5.png"), str(out / "c_m5.png")]
     lines = proc.stderr.strip().splitlines()
-    assert lines[0].startswith(f"darkraw: warning: skipped {raw / 'b.dng'}: cannot decode")
-    assert lines[-1].startswith("darkraw: error: 1 of 3 files could not be restored: b.dng "
+    assert lines[0].startswith("darkraw: warning: tile_size=32 with tile_overlap=8 leaves "
+                               "visible seams")  # these tiny tiles only keep the test fast
+    assert lines[1].startswith(f"darkraw: warning: skipped {raw / 'b.dng'}: cannot decode")
+    assert lines[2] == (f"darkraw: warning: skipped {raw / 'd.dng'}: {raw / 'd.dng'} gives white "
+                        "level 600 and black levels 600, 600, 600, 600: the white level must be "
+                        "above them (a damaged file, or levels LibRaw reads wrong for this "
+                        "camera), so its values cannot be scaled to the network's [0, 1] input")
+    assert lines[-1].startswith("darkraw: error: 2 of 4 files could not be restored: b.dng "
                                 "(cannot decode b.dng: LibRaw does not recognise it")
+    assert "d.dng (d.dng gives white level 600" in lines[-1]
 
     proc = run_entry_point("restore.py", f"ckpt={random_checkpoint}", f"input={raw / 'b.dng'}",
                            f"output={out}", check=False, cwd=tmp_path)
     assert proc.returncode == 1 and proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"darkraw: error: cannot decode {raw / 'b.dng'}: LibRaw")
+
+
+def test_ctrl_c_of_restore_says_what_was_written_and_leaves_only_whole_images(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    """Ctrl-C printed a KeyboardInterrupt traceback of some 40 lines; now one line and exit
+    130. Images are renamed into place when complete, so nothing half-written is left."""
+    raw = tmp_path / "raw"
+    for index in range(8):
+        write_bayer_dng(raw / f"dark{index}.dng", np.random.default_rng(index).integers(
+            512, 900, (512, 768), dtype=np.uint16), exposure_time=0.1)
+    out = tmp_path / "restored"
+    process = popen_ctrl_c_able(
+        [sys.executable, str(REPO / "restore.py"), f"ckpt={random_checkpoint}", f"input={raw}",
+         f"output={out}", "tile_size=32", "tile_overlap=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    first = process.stdout.readline()  # the first image is on disk: restoring is under way
+    process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=120)
+    listed = [line.split("  (amplification x")[0] for line in (first + rest).splitlines()]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"darkraw: interrupted (Ctrl-C): {len(listed)} image(s) written into {out} (listed "
+        "above), each complete; the file being restored has none")
+    assert 1 <= len(listed) < 8
+    assert sorted(str(p) for p in out.iterdir()) == sorted(listed)  # no partial file at all
+    for image in listed:
+        assert Image.open(image).size == (768, 512)
 
 
 def test_restore_shows_progress_over_tiles_on_stderr_and_lists_only_images_on_stdout(
@@ -338,8 +392,8 @@ def test_restore_checks_the_output_folder_before_restoring(random_checkpoint: Pa
 def test_restore_help_explains_its_own_keys_not_train_groups() -> None:
     proc = run_entry_point("restore.py", "--help")
     assert "python restore.py ckpt=<checkpoint> input=<raw file or folder>" in proc.stdout
-    for key in ("ckpt", "input", "output", "m", "amplification", "format", "tile_size",
-                "tile_overlap", "device", "precision"):
+    for key in ("ckpt", "input", "output", "m", "amplification", "format", "orientation",
+                "tile_size", "tile_overlap", "device", "precision"):
         assert f"\n  {key}=" in proc.stdout, key
     assert "(default: 1024)" in proc.stdout and "Example:" in proc.stdout
     assert "experiment" not in proc.stdout and "trainer" not in proc.stdout

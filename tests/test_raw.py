@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rawpy
 import torch
 import torch.nn.functional as F
 
@@ -13,11 +14,13 @@ from datamodules.raw import (
     RawReadError,
     cropped_shape,
     normalise,
+    orient_as_shot,
     pack_bayer,
     read_raw,
     render_target,
     unpack_bayer,
 )
+from tests.helpers import write_dng_with_levels
 
 SITE_VALUES = {"R": 1000, "G0": 2000, "G1": 3000, "B": 4000}
 
@@ -120,4 +123,33 @@ def test_truncated_and_garbage_files(tmp_path: Path) -> None:
 def test_non_rggb_is_refused(tmp_path: Path, pattern: str) -> None:
     path = write_dng(tmp_path / f"{pattern}.dng", site_mosaic(64, 64), cfa_pattern=pattern)
     with pytest.raises(RawReadError, match=rf"{pattern}\.dng has CFA layout {pattern}.*RGGB"):
+        read_raw(path)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_as_shot_turns_the_image_as_libraw_shows_the_file(tmp_path: Path,
+                                                                 orientation: int) -> None:
+    """Each TIFF Orientation value, against LibRaw's own rendering of the same file: a portrait
+    photo (6 or 8) comes out portrait, and a mirrored one mirrored back."""
+    mosaic = site_mosaic(32, 48)
+    mosaic[:8, :12] = 16000  # a bright top-left corner: every turn and mirror moves it
+    path = write_dng(tmp_path / "turned.dng", mosaic, orientation=orientation)
+    frame = read_raw(path, multiple=2)
+    with rawpy.imread(str(path)) as raw:
+        as_stored = raw.postprocess(output_bps=16, user_flip=0)
+    with rawpy.imread(str(path)) as raw:
+        as_shown = raw.postprocess(output_bps=16)
+    ours = orient_as_shot(torch.from_numpy(as_stored.astype(np.int32)).permute(2, 0, 1),
+                          frame.flip)
+    np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), as_shown)
+    assert (frame.flip != 0) == (orientation != 1)
+
+
+def test_a_white_level_not_above_the_black_level_names_the_file(tmp_path: Path) -> None:
+    """It ended as a bare ValueError from normalise(), without the file's name; in a restore
+    folder run that traceback stopped every remaining file."""
+    path = write_dng_with_levels(tmp_path / "levels.dng", np.full((64, 64), 700),
+                                 black_level=800, white_level=700)
+    with pytest.raises(RawReadError, match=r"levels\.dng gives white level 700 and black levels "
+                                           r"800, 800, 800, 800: the white level must be above"):
         read_raw(path)

@@ -165,7 +165,7 @@ def test_default_tiles_of_an_odd_raw_equal_the_whole_image_away_from_seams(
     151/255 off. Now every tile, the last one included, is the whole-image computation wherever
     no tile border is within reach."""
     path = write_bayer_dng(tmp_path / "odd.dng", dark_mosaic(41, 4003), exposure_time=0.1)
-    packed, _, _ = load_packed_normalised(path)
+    packed = load_packed_normalised(path).packed
     x = torch.from_numpy(packed)[None] * 20
     tile, overlap = RESTORE_DEFAULTS.tile_size, RESTORE_DEFAULTS.tile_overlap
     net = DarkRestorationNet().eval()
@@ -257,8 +257,9 @@ def test_other_bayer_phases_restore_like_the_rggb_scene_they_contain(pattern: st
     other = write_bayer_dng(tmp_path / f"{pattern}.dng", shifted, exposure_time=0.1,
                             cfa_pattern=pattern)
 
-    packed, shape, offset = load_packed_normalised(other)
-    packed_rggb, shape_rggb, _ = load_packed_normalised(rggb)
+    loaded, loaded_rggb = load_packed_normalised(other), load_packed_normalised(rggb)
+    packed, shape, offset = loaded.packed, loaded.shape, loaded.offset
+    packed_rggb, shape_rggb = loaded_rggb.packed, loaded_rggb.shape
     assert offset == (dy, dx) and shape == shape_rggb == (63, 97)
     np.testing.assert_array_equal(packed, packed_rggb)
 
@@ -281,7 +282,7 @@ def test_a_bggr_files_sites_land_in_their_own_packed_channels(tmp_path: Path) ->
     frame = read_raw(path, multiple=1, any_bayer_phase=True)
     assert frame.offset == (1, 1) and frame.visible_shape == (64, 96)
     assert frame.shape == (63, 95) and frame.mosaic[0, 0] == 4000  # now starts at R
-    packed, _, _ = load_packed_normalised(path)
+    packed = load_packed_normalised(path).packed
     black, white = frame.black_level[0], frame.white_level
     for channel, value in enumerate((4000, 3000, 2000, 1000)):  # R, G (R row), G (B row), B
         assert np.allclose(packed[channel], (value - black) / (white - black))
@@ -445,7 +446,7 @@ def test_a_folder_listing_takes_raw_files_and_names_what_it_skips(tmp_path: Path
     )
     # Every file taken is one LibRaw decodes (the ones under RAF and MRW names too).
     for path in listing.files:
-        assert load_packed_normalised(path)[0].shape == (4, 32, 48)
+        assert load_packed_normalised(path).packed.shape == (4, 32, 48)
     only_raws = tmp_path / "raws"
     write_bayer_dng(only_raws / "x.dng", dark_mosaic(64, 64), exposure_time=0.1)
     assert list_raw_files(only_raws).skipped_message() is None
@@ -553,3 +554,74 @@ def test_a_file_gone_since_the_listing_is_said_so(tmp_path: Path) -> None:
 def test_trained_m_is_the_checkpoints_knob_or_the_papers(trained: dict, m: float,
                                                          source: str) -> None:
     assert trained_m(trained) == (m, source)
+
+
+# --- orientation, amplifier limits, non-finite outputs ----------------------------------------
+
+
+@pytest.mark.parametrize(("orientation", "turn"), [(6, -1), (8, 1), (3, 2)])
+def test_a_photo_taken_upright_is_restored_upright(tmp_path: Path, orientation: int,
+                                                   turn: int) -> None:
+    """A portrait photo's mosaic is stored sideways, with an Orientation tag: its restoration
+    came out sideways. ``orientation=sensor`` keeps the stored orientation (eval.py's)."""
+    mosaic = dark_mosaic(64, 96)
+    stored = write_bayer_dng(tmp_path / "stored.dng", mosaic, exposure_time=0.1)
+    turned = write_bayer_dng(tmp_path / "turned.dng", mosaic, exposure_time=0.1,
+                             orientation=orientation)
+    options = restore_options(amplification=20)
+    [(plain, _)] = restore_file(local_net(), stored, tmp_path / "out", **options)
+    [(shot, _)] = restore_file(local_net(), turned, tmp_path / "out", **options)
+    [(sensor, _)] = restore_file(local_net(), turned, tmp_path / "sensor", orientation="sensor",
+                                 **options)
+    plain_image = np.asarray(Image.open(plain))
+    np.testing.assert_array_equal(np.asarray(Image.open(shot)), np.rot90(plain_image, turn))
+    np.testing.assert_array_equal(np.asarray(Image.open(sensor)), plain_image)
+    with pytest.raises(ConfigError, match="orientation='upright' is not allowed"):
+        restore_file(local_net(), turned, tmp_path / "x", orientation="upright", **options)
+
+
+class Warnings(Reporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_knobs_beyond_the_amplifier_limits_are_said(tmp_path: Path) -> None:
+    """m=1e6 and m=1e-6 are clamped to x300 and x1: images the same as their neighbours',
+    under other names, with a line saying why."""
+    path = write_bayer_dng(tmp_path / "dark.dng", dark_mosaic(64, 96), exposure_time=0.1)
+    reporter = Warnings()
+    written = restore_file(local_net(), path, tmp_path / "out", reporter=reporter,
+                           **restore_options(m_values=[1e-6, 5.0, 1e6]))
+    assert [gain for _, gain in written][0::2] == [1.0, 300.0]
+    assert reporter.lines == [
+        "dark.dng: m=1e-06 reaches the amplifier's lower limit, x1 (the range the network was "
+        "trained on is [1, 300]): a smaller m gives the same image",
+        "dark.dng: m=1e+06 reaches the amplifier's upper limit, x300 (the range the network was "
+        "trained on is [1, 300]): a larger m gives the same image",
+    ]
+    reporter = Warnings()  # a fixed gain is the user's own number: nothing to say
+    restore_file(local_net(), path, tmp_path / "fixed", reporter=reporter,
+                 **restore_options(amplification=300))
+    assert reporter.lines == []
+
+
+class NanNet(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 3, 2 * x.shape[-2], 2 * x.shape[-1])
+        out[..., 5, 7] = float("nan")
+        return out
+
+
+def test_a_restoration_holding_nan_is_an_error_not_a_black_image(tmp_path: Path) -> None:
+    """NaN rounds to 0 in the written image: a black picture and exit status 0 before."""
+    path = write_bayer_dng(tmp_path / "dark.dng", dark_mosaic(64, 96), exposure_time=0.1)
+    with pytest.raises(DataError, match=r"the restoration of .*dark\.dng at amplification x20\.0 "
+                                        r"holds NaN or inf values \(it would be written black\)"):
+        restore_file(NanNet(), path, tmp_path / "out", **restore_options(amplification=20))
+    with pytest.raises(DataError, match="fp16 overflows .*use precision=bf16 or precision=32"):
+        restore_file(NanNet(), path, tmp_path / "out",
+                     **restore_options(amplification=20, autocast_dtype=torch.float16))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
