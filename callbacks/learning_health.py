@@ -167,7 +167,11 @@ class LearningHealth(HealthCallback):
                                  optimizer: torch.optim.Optimizer) -> None:
         norm = step_grad_norm(trainer, pl_module)
         if norm is None or not math.isfinite(norm):
-            return  # a skipped step: the NaN guard's business, not a vanishing gradient
+            # A skipped step: the NaN guard's business, not a vanishing gradient. Logged as NaN,
+            # or Lightning writes the last step's norm again on this step's row.
+            pl_module.log("health/grad_norm", math.nan, on_step=True, on_epoch=False,
+                          batch_size=1)
+            return
         self.last_grad_norm = norm
         pl_module.log("health/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
         step = trainer.global_step

@@ -146,18 +146,9 @@ class RestorationModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         prediction = self(batch["input"])
         parts = self.criterion(prediction, batch["target"])
-        if not torch.isfinite(parts.total):
-            # Returning None skips this optimiser step; the NaN guard stops runs that repeat it.
-            self.nonfinite_steps += 1
-            self.nonfinite_total += 1
-            trainer = getattr(self, "_trainer", None)
-            if trainer is not None and trainer.world_size > 1:
-                # DDP: every rank must run backward (Lightning refuses None there). The NaN
-                # gradients are all-reduced to every rank, so the NaN guard skips the step on all.
-                return parts.total
-            return None
-        self.nonfinite_steps = 0
         batch_size = prediction.shape[0]
+        # Logged on skipped steps too: Lightning would otherwise write the last finite step's
+        # values again on this step's row, a plausible flat curve hiding the NaN.
         self.log("train/loss", parts.total, prog_bar=True, batch_size=batch_size)
         self.log("train/l1", parts.l1, batch_size=batch_size)
         self.log("train/ms_ssim", parts.ms_ssim, batch_size=batch_size)
@@ -170,6 +161,16 @@ class RestorationModule(L.LightningModule):
                 self.log("train/psnr", per_image_psnr(p, t).mean(), batch_size=batch_size)
                 self.log("train/ssim", structural_similarity_index_measure(p, t, data_range=1.0),
                          batch_size=batch_size)
+        if not torch.isfinite(parts.total):
+            # Returning None skips this optimiser step; the NaN guard stops runs that repeat it.
+            self.nonfinite_steps += 1
+            self.nonfinite_total += 1
+            if trainer is not None and trainer.world_size > 1:
+                # DDP: every rank must run backward (Lightning refuses None there). The NaN
+                # gradients are all-reduced to every rank, so the NaN guard skips the step on all.
+                return parts.total
+            return None
+        self.nonfinite_steps = 0
         return parts.total
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor]:

@@ -14,12 +14,14 @@ from lightning.pytorch.plugins import MixedPrecision
 from omegaconf import OmegaConf
 
 from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.learning_health import LearningHealth
 from callbacks.nan_guard import NanGuard
 from darkraw.checkpoint_io import AtomicCheckpointIO
 from darkraw.errors import TrainingHealthError
 from darkraw.health import raise_if_unhealthy
 from tests.health_helpers import (
     all_finite,
+    learning_health_config,
     logged,
     restoration_module,
     synthetic_datamodule,
@@ -58,7 +60,8 @@ class Poison(L.Callback):
 def test_nonfinite_steps_are_skipped_and_counted(synthetic_sid: Path, cache_dir: Path,
                                                  tmp_path: Path, where: str) -> None:
     poison, guard = Poison({1, 3}, where), NanGuard(max_consecutive=3)
-    trainer = tiny_trainer(tmp_path, [poison, guard], max_steps=6, val_every=3)
+    health = LearningHealth(**learning_health_config())
+    trainer = tiny_trainer(tmp_path, [poison, guard, health], max_steps=6, val_every=3)
     module = restoration_module()
     trainer.fit(module, synthetic_datamodule(synthetic_sid, cache_dir))
     assert trainer.global_step == 6 and guard.failure is None
@@ -69,6 +72,16 @@ def test_nonfinite_steps_are_skipped_and_counted(synthetic_sid: Path, cache_dir:
     assert not torch.equal(poison.weights_before[2], poison.weights_after[2])  # others train
     skipped = logged(tmp_path, "train/nonfinite_skipped")
     assert skipped[0] == 0 and skipped[1] == 1 and skipped[3] == 2 and skipped[5] == 2
+    if where == "input":
+        # The skipped steps' rows say NaN: they held the previous step's finite loss, a
+        # plausible flat curve (and a sweep comparison could never see the NaN).
+        loss = logged(tmp_path, "train/loss")
+        assert sorted(loss) == list(range(6))
+        assert [math.isnan(loss[step]) for step in range(6)] == [
+            False, True, False, True, False, False]
+    norm = logged(tmp_path, "health/grad_norm")  # likewise: not the last step's norm again
+    assert sorted(norm) == list(range(6))
+    assert [math.isnan(norm[step]) for step in range(6)] == [False, True, False, True, False, False]
 
 
 def test_k_nonfinite_steps_in_a_row_stop_the_run(synthetic_sid: Path, cache_dir: Path,
