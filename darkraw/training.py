@@ -457,6 +457,11 @@ def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
         how = "Relaunch it without resume=false to resume (resume=false starts over again)"
     else:
         how = "Relaunch the same command to resume (resume=auto)"
+    if is_multirun():
+        # The same -m command makes a new timestamped sweep folder and starts every job over.
+        sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
+        how += (f", adding hydra.sweep.dir={sweep_dir} so that it continues this sweep (its "
+                "finished jobs end at once)")
     if trainer.is_global_zero:
         print(f"darkraw: stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step "
               f"{trainer.global_step}; {where}. {how}.", file=sys.stderr, flush=True)

@@ -221,6 +221,10 @@ def test_ctrl_c_of_a_local_sweep_saves_every_job_and_says_how_to_continue(
         # Saved at Ctrl-C, at the step the job says it stopped at (no periodic save ran).
         assert step >= 1 and any(f"stopped by Ctrl-C at step {step}; resume point {job}" in log
                                  for log in logs), logs
+    # Each job's own line names the sweep folder too: the same -m command alone would start a
+    # new sweep (as it would under the basic launcher, where this line is all the user sees).
+    assert all(f"adding hydra.sweep.dir={sweep} so that it continues this sweep" in log
+               for log in logs if "stopped by Ctrl-C" in log), logs
 
 
 @pytest.mark.parametrize(("launcher", "sweep"), [("slurm", "trainer.devices=2,4"),
