@@ -178,8 +178,41 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
         hint = (did_you_mean(leaf, siblings, f"{parent}." if parent else "")
                 or "check its spelling (`--cfg job` prints every key)")
         return f"{key} is not a setting: {hint}"
+    except ValueError as error:
+        if "Config group override must be a string" in str(error):
+            return null_group_override(overrides, compose_all)
+        return None
     except Exception:  # anything else (an interpolation, a plugin): Hydra reports it as ever
         return None
+    return None
+
+
+def null_group_override(overrides: Sequence[str],
+                        compose_all: Callable[[Sequence[str]], DictConfig]) -> str | None:
+    """The line for ``callbacks=null`` (a group set to null), which Hydra answers with a
+    ValueError traceback: one entry is dropped with ``callbacks.<name>=null``."""
+    for arg in overrides:
+        key, _, value = arg.partition("=")
+        group = key.lstrip("+~")
+        folder = CONF_DIR / group
+        if value.strip().lower() not in ("null", "none", "~") or not folder.is_dir():
+            continue
+        options = sorted(path.stem for path in folder.glob("*.yaml"))
+        message = (f"{arg}: {group} is a config group, set to one of its options {options}, "
+                   "not to null")
+        if "none" in options:
+            message += f" (use {group}=none to turn it off)"
+        try:
+            node = compose_all([a for a in overrides if a != arg]).get(group)
+        except Exception:
+            node = None
+        named = [str(name) for name, entry in (node.items() if isinstance(node, DictConfig)
+                                               else ()) if isinstance(entry, DictConfig)
+                 and "_target_" in entry]
+        if named:
+            # A group of named objects (callbacks, loggers): each entry can be left out.
+            message += f"; to leave out one of its entries use {group}.<name>=null, one of {named}"
+        return message
     return None
 
 

@@ -97,12 +97,55 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
             "give a positive number of optimiser steps (the paper: 1000000)"
         )
     interval = trainer_cfg.get("val_check_interval")
-    if isinstance(interval, int) and interval < 1:
-        raise ConfigError(f"trainer.val_check_interval={interval} must be a positive step count")
-    check_accelerator_available(str(trainer_cfg.get("accelerator", "auto")))
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        # Lightning reads a float as a fraction of an epoch, which a stream of steps has not.
+        raise ConfigError(f"trainer.val_check_interval={interval!r} must be a positive whole "
+                          "number of optimiser steps between validations, e.g. 5000")
+    accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={accumulate!r} is not supported: data.batch_size "
+            "is the batch of one optimiser step (the learning rate, trainer.max_steps, the "
+            "milestones and the resumable patch stream count such steps); raise data.batch_size "
+            "instead (with trainer=ddp each device loads batch_size / devices of it)"
+        )
+    devices = trainer_cfg.get("devices", "auto")
+    if devices == 0 or isinstance(devices, bool):
+        raise ConfigError(f"trainer.devices={devices!r} is not allowed: give how many devices "
+                          "to use (1, 2, ...; -1 for all), a list of GPU ids, or auto")
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator.lower() not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator!r} is not supported: choose one of "
+                          f"{list(ACCELERATORS)}")
+    check_accelerator_available(accelerator)
     if trainer_cfg.get("max_epochs") not in (-1, None):
         log.warning("trainer.max_epochs=%s may end the run before trainer.max_steps=%s",
                     trainer_cfg.get("max_epochs"), max_steps)
+    warn_about_validation_schedule(max_steps, interval, trainer_cfg.get("limit_val_batches", 1.0))
+
+
+def warn_about_validation_schedule(max_steps: int, interval: int, limit_val_batches: object
+                                   ) -> None:
+    """A run that never validates has no val metrics, best checkpoint or validation alarms:
+    it can fail to learn with nothing to flag it. And a run ending between validations
+    reports (and keeps as best) weights from before its last steps."""
+    if limit_val_batches in (0, 0.0) or interval > max_steps:
+        why = ("trainer.limit_val_batches=0" if limit_val_batches in (0, 0.0) else
+               f"trainer.val_check_interval={interval} > trainer.max_steps={max_steps}")
+        log.warning("this run never validates (%s): no validation metrics, "
+                    "no best checkpoint, and the learning-health alarms cannot judge "
+                    "validation; a run that does not learn goes unflagged", why)
+    elif max_steps % interval:
+        last = max_steps - max_steps % interval
+        log.warning("the last validation is at step %d, %d steps before the "
+                    "end (trainer.max_steps=%d is not a multiple of trainer.val_check_interval="
+                    "%d): the final weights (last.ckpt) are not validated", last,
+                    max_steps - last, max_steps, interval)
+
+
+#: ``trainer.accelerator`` values darkraw runs on (Lightning's others need packages or
+#: hardware it does not support: tpu, hpu, ...).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def check_seed(seed: object) -> int:
@@ -247,8 +290,13 @@ def check_callbacks_group(cfg: DictConfig) -> None:
     and the health alarms would silently be gone. Only ``conf/callbacks/default.yaml`` (or a
     file made to replace it) sets :data:`CALLBACKS_COMPLETE`."""
     callbacks = cfg.get("callbacks")
-    if callbacks is None or callbacks.get(CALLBACKS_COMPLETE):
-        return  # `~callbacks` (or `callbacks: null` in a defaults list): none, deliberately
+    if callbacks is None:  # `~callbacks` (or `callbacks: null` in a defaults list)
+        log.warning("no callbacks at all (~callbacks): no last.ckpt (a stopped or killed run "
+                    "cannot resume), no best checkpoint, no NaN guard and no learning-health "
+                    "alarms; to leave out one of them use callbacks.<name>=null instead")
+        return
+    if callbacks.get(CALLBACKS_COMPLETE):
+        return
     chosen = ", ".join(callbacks.keys()) or "?"
     if HydraConfig.initialized():
         chosen = HydraConfig.get().runtime.choices.get("callbacks") or chosen

@@ -720,6 +720,22 @@ def _run_jobs(
     return done, failed
 
 
+def make_cache_dir(cache_dir: Path) -> None:
+    """Create the cache folder, or say in one line why it cannot be (mkdir's FileExistsError
+    for a file of that name, or a read-only place, came as a traceback)."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DataError(f"the cache folder {cache_dir} (data.cache_dir, or --cache-dir) is a "
+                        "file, not a folder: point it at a folder (created if missing)")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if is_disk_full(error):
+            raise
+        raise DataError(f"cannot create the cache folder {cache_dir} (data.cache_dir, or "
+                        f"--cache-dir): {error.strerror or error}; point it at a folder you "
+                        "can write to") from error
+
+
 def build_cache(
     root: str | Path,
     cache_dir: str | Path,
@@ -747,7 +763,7 @@ def build_cache(
     split_pairs = load_pairs(root, pairs)
     files = _cache_files(split_pairs, wanted)
     fingerprint = fingerprint_hash()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_cache_dir(cache_dir)
     with _build_lock(cache_dir):
         _reset_if_other_settings(cache_dir, fingerprint)
         _remove_stale_temps(cache_dir)

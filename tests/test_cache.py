@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darkraw.errors import ConfigError
+from darkraw.errors import ConfigError, DataError
 from datamodules.amplification import estimated_amplification
 from datamodules.cache import (
     LOCK_NAME,
@@ -147,6 +147,19 @@ def test_a_cache_of_some_splits_holds_only_their_entries_and_completes_later(
     complete = build_cache(tree, cache, "lists", workers=1, progress=False)
     assert [len(complete.splits[s]) for s in ("train", "val", "test")] == [3, 1, 1]
     assert len(json.loads((cache / MANIFEST_NAME).read_text())["entries"]) == 10
+
+
+def test_a_cache_folder_that_is_a_file_is_named(tmp_path: Path) -> None:
+    """mkdir's FileExistsError traceback, from train.py and from the cache command alike."""
+    root = write_sid_tree(tmp_path / "sid", train=("00001",))
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(DataError, match=rf"the cache folder {re.escape(str(a_file))} "
+                                        r"\(data.cache_dir, or --cache-dir\) is a file, not a "
+                                        "folder"):
+        build_cache(root, a_file, "lists", workers=1, progress=False)
+    with pytest.raises(DataError, match=r"cannot create the cache folder .*Not a directory"):
+        build_cache(root, a_file / "sub", "lists", workers=1, progress=False)
 
 
 def test_touched_source_is_rehashed_not_rebuilt(tmp_path: Path) -> None:

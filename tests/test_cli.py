@@ -110,6 +110,15 @@ def test_require_set_names_the_key_and_how_to_pass_it() -> None:
                                      "its values: write m=[1,5] for a list value, or add -m"),
     ("train", ["model.rdb=after,before"], "model.rdb=after,before is a comma list"),
     ("eval", ["ckpt=/x", "split=val,test"], "split=val,test is a comma list"),
+    # A group set to null: Hydra's ValueError traceback.
+    ("train", ["callbacks=null"], "callbacks=null: callbacks is a config group, set to one of "
+                                  "its options ['default', "),
+    ("train", ["logger=null"], "logger=null: logger is a config group, set to one of its options "
+                               "['csv', 'default', 'none', 'wandb'], not to null (use logger=none "
+                               "to turn it off); to leave out one of its entries use "
+                               "logger.<name>=null, one of ['wandb', 'csv']"),
+    ("train", ["data=null"], "data=null: data is a config group, set to one of its options "
+                             "['sid', 'synthetic'], not to null"),
     # ... after any other mistake, which -m would not mend.
     ("train", ["seed=1,2", "model.rbd=after"], "model.rbd is not a setting: did you mean "
                                                "model.rdb?"),

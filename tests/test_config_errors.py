@@ -7,7 +7,9 @@ no data touched); here each check's rules are pinned case by case.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +31,7 @@ from darkraw.training import (
     check_callbacks_group,
     check_patch_size,
     check_train_metrics_interval,
+    check_trainer_config,
     check_types,
     device_count,
     instantiate_named,
@@ -397,3 +400,54 @@ def test_eval_names_a_wrong_type_in_the_data_group(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         "darkraw: error: data.val_max_images='abc' must be an integer or null, not a string")
     assert not (tmp_path / "data").exists()  # before generating or caching any data
+
+
+# --------------------------------------------------------------------------- trainer settings
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    # Lightning's MisconfigurationException, in Hydra's "Error in call to target" block.
+    ("trainer.val_check_interval=0.5", "trainer.val_check_interval=0.5 must be a positive whole "
+                                       "number of optimiser steps"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be a positive whole"),
+    ("trainer.devices=0", "trainer.devices=0 is not allowed: give how many devices"),
+    # Lightning's ModuleNotFoundError for torch_xla.
+    ("trainer.accelerator=tpu", "trainer.accelerator='tpu' is not supported: choose one of "
+                                "['auto', 'cpu', 'gpu', 'cuda', 'mps']"),
+    # Accepted silently: it validated every optimiser step and doubled the batch.
+    ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2 is not supported: "
+                                           "data.batch_size is the batch of one optimiser step"),
+])
+def test_trainer_settings_lightning_would_refuse_or_misread_are_named(
+        composer: Any, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_trainer_config(composer(override).trainer)
+
+
+@pytest.mark.parametrize(("overrides", "warning"), [
+    (("trainer.max_steps=12", "trainer.val_check_interval=1000"),
+     "this run never validates (trainer.val_check_interval=1000 > trainer.max_steps=12)"),
+    (("trainer.limit_val_batches=0",), "this run never validates (trainer.limit_val_batches=0)"),
+    (("trainer.max_steps=25", "trainer.val_check_interval=10"),
+     "the last validation is at step 20, 5 steps before the end"),
+    (("trainer.max_steps=20", "trainer.val_check_interval=10"), None),
+])
+def test_a_run_that_never_validates_or_ends_between_validations_is_warned_about(
+        composer: Any, caplog: pytest.LogCaptureFixture, overrides: tuple[str, ...],
+        warning: str | None) -> None:
+    """Such a run finished with exit status 0 and no validation at all: nothing could flag it."""
+    with caplog.at_level(logging.WARNING, logger="darkraw"):
+        check_trainer_config(composer(*overrides).trainer)
+    messages = [record.getMessage() for record in caplog.records]
+    if warning is None:
+        assert messages == []
+    else:
+        assert any(message.startswith(warning) for message in messages), messages
+
+
+def test_no_callbacks_at_all_is_warned_about(composer: Any,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="darkraw"):
+        check_callbacks_group(composer("~callbacks"))
+    assert any("no callbacks at all (~callbacks): no last.ckpt" in record.getMessage()
+               for record in caplog.records)
