@@ -269,7 +269,7 @@ class LearningHealth(HealthCallback):
                         "callbacks.learning_health.max_saturated_fraction)")
         seen = " and ".join(what) or "on another rank"
         message = (f"the predictions collapsed for {self.collapse_patience} validations in a row "
-                   f"(now at step {step}): {seen}. " + WHAT_TO_CHECK)
+                   f"(now after {step} steps): {seen}. " + WHAT_TO_CHECK)
         if self.stop_on_collapse:
             self.fail(trainer, message)
         else:
@@ -301,7 +301,7 @@ class LearningHealth(HealthCallback):
             self._warned.discard("plateau")
             return
         lines = "; ".join(
-            f"{name} {t.last:.4g} (best {t.best:.4g} at step {t.best_step}, not improved by "
+            f"{name} {t.last:.4g} (best {t.best:.4g} after {t.best_step} steps, not improved by "
             f"{t.min_delta:g} for {t.stalled} validations)"
             for name, t in self.tracks.items() if name in values
         ) or "stalled on another rank"
@@ -310,7 +310,8 @@ class LearningHealth(HealthCallback):
             lines += (f"; the amplified input alone scores {float(baseline):.2f} dB "
                       f"(val/psnr_input)")
         if stop and self.stop_on_plateau:
-            self.fail(trainer, f"no learning progress at step {step}: {lines}. " + WHAT_TO_CHECK)
+            self.fail(trainer, f"no learning progress after {step} steps: {lines}. "
+                      + WHAT_TO_CHECK)
             return
         self._warn_once("plateau", (
             f"darkraw health: step {step}: training looks stuck: {lines}. The run stops after "

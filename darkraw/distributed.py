@@ -267,7 +267,9 @@ def requeue_checkpoints(folder: Path) -> list[Path]:
 
 
 #: What a run leaves in its folder besides checkpoints: moved aside with them by resume=false.
-PREVIOUS_RUN_FILES = ("csv", "images", "learning_curve.png")
+#: ``wandb`` too: its offline runs are of the replaced run's id, and the printed
+#: ``wandb sync <run>/wandb/offline-run-*`` would upload them as a second run of the group.
+PREVIOUS_RUN_FILES = ("csv", "images", "learning_curve.png", "wandb")
 
 
 def set_aside_previous_run(checkpoint_dir: Path, run_dir: Path | None = None) -> Path | None:
@@ -276,7 +278,7 @@ def set_aside_previous_run(checkpoint_dir: Path, run_dir: Path | None = None) ->
     Left in place, its ``best-*.ckpt`` files would sit beside the new run's, unknown to the new
     ModelCheckpoint (which only ranks and prunes its own) and easily taken for the new best, and
     the CSV logger would delete its ``metrics.csv``. Nothing is deleted: everything goes into
-    ``<run>/replaced-<date-time>/``. W&B keeps each run in a folder of its own already.
+    ``<run>/replaced-<date-time>/``, where ``wandb sync`` can still upload the old run.
     """
     checkpoint_dir = Path(checkpoint_dir)
     parent = Path(run_dir) if run_dir is not None else checkpoint_dir.parent

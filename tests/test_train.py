@@ -123,9 +123,9 @@ def test_bf16_mixed_precision_trains_end_to_end(synthetic_sid: Path, tmp_path: P
 
 
 def test_starting_over_keeps_the_previous_run_aside(synthetic_sid: Path, tmp_path: Path) -> None:
-    """resume=false: a fresh run, and the old one's checkpoints, metrics and images kept."""
-    overrides = [*FAST_TRAIN, "trainer.max_steps=2", "logger=csv",
-                 *data_overrides(synthetic_sid, tmp_path)]
+    """resume=false: a fresh run, and the old one's checkpoints, metrics, images and W&B run
+    kept aside (left in wandb/, the printed `wandb sync` uploaded it as a second run)."""
+    overrides = [*FAST_TRAIN, "trainer.max_steps=2", *data_overrides(synthetic_sid, tmp_path)]
     run_entry_point("train.py", *overrides)
     run_dir = only_run_dir(tmp_path)
     first_metrics = (run_dir / "csv" / "metrics.csv").read_text()
@@ -134,7 +134,11 @@ def test_starting_over_keeps_the_previous_run_aside(synthetic_sid: Path, tmp_pat
     assert "Previous log files" not in second.stdout + second.stderr
     (kept,) = run_dir.glob("replaced-*")
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "csv", "images",
-                                                     "learning_curve.png"]
+                                                     "learning_curve.png", "wandb"]
+    (old_run,) = (kept / "wandb").glob("offline-run-*")
+    (new_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert old_run.name.split("-")[-1] != new_run.name.split("-")[-1]  # two run ids
+    assert f"wandb sync {new_run}" in second.stdout + second.stderr
     assert (kept / "csv" / "metrics.csv").read_text() == first_metrics
     assert {p.name for p in (kept / "checkpoints").glob("*.ckpt")} >= {"last.ckpt"}
     # The new run's folder holds only its own checkpoints, written afresh.
