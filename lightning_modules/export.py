@@ -194,20 +194,27 @@ def verify_onnx(onnx_path: str | Path, net: nn.Module, sizes: Sequence[tuple[int
 
 
 def check_export(onnx_path: Path, net: nn.Module, sizes: Sequence[tuple[int, int]],
-                 tolerance: float = ONNX_TOLERANCE) -> int:
+                 tolerance: float = ONNX_TOLERANCE, shown_as: Path | None = None) -> int:
     """The CLI's check: print each size's diff; on a failure remove the file and return 1.
 
     The file is removed rather than kept with a warning: a script (or a person skimming the log)
     that sees ``model.onnx`` beside an exit status it did not look at would ship a model known to
     be wrong, and the opset refusal already keeps no file. Whoever wants the file anyway, to
     inspect it, gets it from ``--no-check``, which the error says.
+
+    ``shown_as``: the file the user asked for, when ``onnx_path`` is the temporary file the
+    export was written to (messages name it; a file already there is left as it was).
     """
     try:
         diffs = verify_onnx(onnx_path, net, sizes, tolerance)
     except OnnxCheckError as error:
         onnx_path.unlink(missing_ok=True)
-        print(f"darkraw: error: {error}; the export is wrong, so no file was kept (--no-check "
-              "writes it unchecked, e.g. to inspect it)", file=sys.stderr)
+        reason = str(error) if shown_as is None else str(error).replace(str(onnx_path),
+                                                                         str(shown_as))
+        kept = ("so no file was kept" if shown_as is None else
+                f"so {shown_as} was not written (a file already there is left as it was)")
+        print(f"darkraw: error: {reason}; the export is wrong, {kept} (--no-check writes it "
+              "unchecked, e.g. to inspect it)", file=sys.stderr)
         return 1
     for (h, w), diff in zip(sizes, diffs, strict=True):
         print(f"onnxruntime vs PyTorch at packed {h}x{w}: max abs diff {diff:.2e} "
@@ -362,19 +369,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"darkraw: error: {error}", file=sys.stderr)
         return 1
     example = example_input(1, args.height, args.width)
+    # Exported and checked under a temporary name, renamed into place only when good: a failed
+    # re-export then leaves the previous model.onnx as it was, instead of deleting it.
+    partial = args.out.with_name(f".{args.out.name}.{os.getpid()}.partial")
+    replacing = args.out.exists()
     try:
-        path = export_onnx(net, args.out, example=example, dynamic=not args.static,
-                           opset=args.opset)
-    except OpsetUnavailableError as error:
-        print(f"darkraw: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path} ({'static' if args.static else 'dynamic batch/height/width'})")
-    if not args.check:
-        return 0
-    sizes = [(args.height, args.width)]
-    if not args.static:
-        sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
-    return check_export(path, net, sizes)
+        try:
+            export_onnx(net, partial, example=example, dynamic=not args.static,
+                        opset=args.opset)
+        except OpsetUnavailableError as error:
+            print(f"darkraw: error: {error}", file=sys.stderr)
+            return 1
+        if args.check:
+            sizes = [(args.height, args.width)]
+            if not args.static:
+                sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
+            status = check_export(partial, net, sizes, shown_as=args.out)
+            if status:
+                return status
+        os.replace(partial, args.out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {args.out} ({'static' if args.static else 'dynamic batch/height/width'}"
+          f"{'; replaced the file that was there' if replacing else ''})")
+    return 0
 
 
 if __name__ == "__main__":

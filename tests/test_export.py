@@ -175,6 +175,15 @@ def test_cli_refuses_an_opset_it_cannot_write_and_typos_in_check(
     assert main([f"ckpt={ckpt}", f"out={out}", "opset=11", "check=false"]) == 1
     assert "--opset 11 could not be produced" in capsys.readouterr().err
     assert not out.exists()
+    # A failed re-export leaves the good file there as it was (it used to be deleted), and a
+    # good one says it replaced it; no temporary file is left beside it either way.
+    assert main([f"ckpt={ckpt}", f"out={out}", "check=false"]) == 0
+    good = out.read_bytes()
+    assert main([f"ckpt={ckpt}", f"out={out}", "opset=11", "check=false"]) == 1
+    assert out.read_bytes() == good
+    assert main([f"ckpt={ckpt}", f"out={out}", "check=false"]) == 0
+    assert "; replaced the file that was there)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "ours.ckpt"]
     assert main([f"ckpt={ckpt}", f"out={out}", "opset=999"]) == 2
     assert "opset=999" in capsys.readouterr().err
     with pytest.raises(SystemExit):
