@@ -179,3 +179,49 @@ def check_resume_settings(path: str | Path | None, checkpoint: Any,
         f"{run_folder}/replaced-<date-time>/), or give this run a folder of its own "
         "(hydra.run.dir=...)"
     )
+
+
+#: The one override that means "the same run, trained longer"; it names the run's folder, so a
+#: changed value starts a new run from scratch.
+MAX_STEPS_KEY = "trainer.max_steps"
+
+
+def _identity(overrides: Iterable[str], excluded: set[str]) -> tuple[frozenset[str], str | None]:
+    """The overrides that name a run's folder, less ``trainer.max_steps``, and that value."""
+    kept, max_steps = set(), None
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key == MAX_STEPS_KEY:
+            max_steps = value
+        elif key not in excluded:
+            kept.add(f"{key}={value}")
+    return frozenset(kept), max_steps
+
+
+def same_run_with_other_max_steps(run_dir: Path, overrides: Iterable[str],
+                                  excluded: Iterable[str]) -> list[tuple[Path, str | None]]:
+    """Sibling run folders with a checkpoint whose overrides differ from ``overrides`` only in
+    ``trainer.max_steps`` (None: the config's own value), with that value.
+
+    "Train it longer" is a new ``trainer.max_steps``, which names a new folder: the command
+    starts over there, hours from the run it was meant to continue, without a word.
+    """
+    run_dir = Path(run_dir)
+    excluded = set(excluded)
+    mine, my_steps = _identity(overrides, excluded)
+    found = []
+    for folder in sorted(p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir):
+        recorded = folder / ".hydra" / "overrides.yaml"
+        if not recorded.is_file() or not (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
+            continue
+        try:
+            from omegaconf import OmegaConf
+
+            theirs = [str(o) for o in OmegaConf.load(recorded)]
+        except Exception:  # an unreadable record only costs the hint
+            continue
+        identity, steps = _identity(theirs, excluded)
+        if identity == mine and steps != my_steps:
+            found.append((folder, steps))
+    return found

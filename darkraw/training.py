@@ -44,6 +44,7 @@ from darkraw.disk import GB, ensure_free_space
 from darkraw.distributed import (
     adapt_strategy,
     distributed_callbacks,
+    env_global_rank,
     release_ranks,
     requeue_checkpoints,
     resume_checkpoint,
@@ -54,7 +55,11 @@ from darkraw.instantiate import check_argument_types, check_values, instantiate_
 from darkraw.logging_steps import off_the_logging_steps
 from darkraw.plots import plot_learning_curve
 from darkraw.preflight import check_preflight_options, run_preflight
-from darkraw.resume import check_resume_checkpoint, check_resume_settings
+from darkraw.resume import (
+    check_resume_checkpoint,
+    check_resume_settings,
+    same_run_with_other_max_steps,
+)
 from darkraw.suggest import did_you_mean
 from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
@@ -459,6 +464,21 @@ def run_identity_exclusions() -> list[str]:
     return list(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
 
 
+def hint_at_the_run_to_train_longer(output_dir: Path) -> None:
+    """A new run that differs from a checkpointed one only in ``trainer.max_steps`` was most
+    likely meant to continue it: say how, before hours are spent starting over."""
+    if env_global_rank() != 0:
+        return
+    for folder, steps in same_run_with_other_max_steps(output_dir, job_overrides(),
+                                                       run_identity_exclusions()):
+        log.warning(
+            "%s holds a run with the same settings but trainer.max_steps=%s, with a "
+            "checkpoint; this command starts a new run from scratch in %s. To train that run "
+            "longer instead, stop this one and add hydra.run.dir=%s (it resumes at its last "
+            "step and trains on to the new trainer.max_steps)", folder,
+            steps if steps is not None else "the config's", output_dir, folder)
+
+
 def checkpoint_dir(cfg: DictConfig, output_dir: Path) -> Path:
     """Where last.ckpt lives: callbacks/last_checkpoint.py writes it (resume reads it)."""
     callbacks = cfg.get("callbacks") or {}
@@ -684,6 +704,8 @@ def train(cfg: DictConfig) -> RunSummary:
                                                   *requeue_checkpoints(requeue_dir)])
     ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
                       "checkpoints, metrics and images")
+    if ckpt_path is None and HydraConfig.initialized() and not is_multirun():
+        hint_at_the_run_to_train_longer(output_dir)
 
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     # Before anything is trained or logged: a resume under other settings is refused by name.

@@ -214,3 +214,31 @@ def test_a_stop_signal_to_the_process_group_saves_and_resumes(
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + \
         resumed.stderr
     assert load(last)["global_step"] == 60
+
+
+def test_the_run_to_train_longer_is_found_by_its_other_overrides(tmp_path: Path) -> None:
+    """Only a folder differing in trainer.max_steps alone, and holding a checkpoint, is meant;
+    keys that do not name folders (paths, workers) may differ."""
+    from omegaconf import OmegaConf
+
+    from darkraw.resume import same_run_with_other_max_steps
+
+    def run(name: str, overrides: list[str], checkpoint: bool = True) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+        if checkpoint:
+            (folder / "checkpoints").mkdir()
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        return folder
+
+    shorter = run("a", ["model.rdb=after", "trainer.max_steps=100", "data.num_workers=8"])
+    run("b", ["model.rdb=before", "trainer.max_steps=100"])  # another network
+    run("c", ["model.rdb=after", "trainer.max_steps=50"], checkpoint=False)  # nothing to resume
+    default_length = run("d", ["model.rdb=after"])
+    here = tmp_path / "new"
+    found = same_run_with_other_max_steps(here, ["model.rdb=after", "trainer.max_steps=200",
+                                                 "data.num_workers=2"], ["data.num_workers"])
+    assert found == [(shorter, "100"), (default_length, None)]
+    assert same_run_with_other_max_steps(here, ["model.rdb=after", "trainer.max_steps=100"],
+                                         []) == [(default_length, None)]  # the same: not "other"

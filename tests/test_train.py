@@ -462,6 +462,23 @@ def test_sigterm_of_a_resume_false_run_does_not_say_the_same_command_resumes(
     assert "Relaunch the same command" not in proc.stderr
 
 
+def test_a_longer_run_of_the_same_settings_says_how_to_continue_the_shorter_one(
+        synthetic_sid: Path, tmp_path: Path) -> None:
+    """trainer.max_steps names the run folder: "train it longer" started over from scratch in a
+    new folder, hours from the checkpoint it was meant to continue, without a word."""
+    args = (*(o for o in FAST_TRAIN if not o.startswith("trainer.max_steps=")), "logger=none",
+            "preflight.enabled=false", "callbacks.image_panel=null",
+            *data_overrides(synthetic_sid, tmp_path))
+    first = run_entry_point("train.py", *args, "trainer.max_steps=2")
+    assert "holds a run with the same settings" not in first.stdout + first.stderr
+    shorter = only_run_dir(tmp_path)
+    longer = run_entry_point("train.py", *args, "trainer.max_steps=3", "data.num_workers=1")
+    output = longer.stdout + longer.stderr
+    assert (f"{shorter} holds a run with the same settings but trainer.max_steps=2, with a "
+            "checkpoint; this command starts a new run from scratch in ") in output, output[-3000:]
+    assert f"add hydra.run.dir={shorter} (it resumes at its last step" in output
+
+
 def test_resuming_under_other_training_settings_is_refused_by_name(synthetic_sid: Path,
                                                                      tmp_path: Path) -> None:
     """A pinned run folder (or an edited config file) with a new lr and RDB variant resumed the
