@@ -115,6 +115,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         create_output,
         default_output,
         evaluate,
+        pairs_mismatch,
         publish_images,
         remove_previous_results,
         remove_staging,
@@ -122,9 +123,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         training_dataset_mismatch,
         write_reports,
     )
+    from darkraw.training import check_local_config
 
     # Every setting and the output folder are checked before the checkpoint or any data is read.
     require_set(cfg, REQUIRED)
+    check_local_config(cfg)
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is not allowed: choose one of {list(SPLITS)}")
     stage, loader_name = SPLITS[cfg.split]
@@ -148,6 +151,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dataset_mismatch = training_dataset_mismatch(record.trained_data, data)
     if dataset_mismatch:
         log.warning("darkraw: warning: %s", dataset_mismatch)
+    other_pairs = pairs_mismatch(record.trained_data, data, cfg.split)
+    if other_pairs:
+        log.warning("darkraw: warning: %s", other_pairs)
 
     created = [folder for folder in (output, *output.parents) if not folder.exists()]
     staging = create_output(output)

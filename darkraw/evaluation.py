@@ -47,7 +47,8 @@ class ImageScore:
 
 #: Data settings that decide how bright the network's input is, by amplification mode: the ones
 #: an evaluation must share with training to score the network as it was trained.
-AMPLIFICATION_SETTINGS = {"estimated": ("amplification", "m"),
+#: ``max_ratio`` clamps both amplifiers.
+AMPLIFICATION_SETTINGS = {"estimated": ("amplification", "m", "max_ratio"),
                           "exposure_ratio": ("amplification", "max_ratio")}
 
 #: The data= options of conf/data/ by the data module they build (tests/test_eval.py checks this
@@ -263,6 +264,23 @@ def amplification_mismatches(trained: Mapping[str, Any], data_cfg: Mapping[str, 
     keys = AMPLIFICATION_SETTINGS.get(trained.get("amplification"), ())
     return [f"data.{key}={data_cfg[key]!r} (trained with {trained[key]!r})"
             for key in keys if key in trained and key in data_cfg and trained[key] != data_cfg[key]]
+
+
+def pairs_mismatch(trained: Mapping[str, Any], data_cfg: Mapping[str, Any],
+                   split: str) -> str | None:
+    """The warning for scoring other pairs than the training run's protocol, or None.
+
+    ``experiment=paper`` trains (and tests after fit) on ``data.pairs=authors``, the first 0.1 s
+    shot of each scene; eval.py's default ``lists`` scores every pair of SID's list files: the
+    same checkpoint gives another figure on another test set.
+    """
+    ours, theirs = data_cfg.get("pairs"), trained.get("pairs")
+    if theirs is None or ours is None or ours == theirs:
+        return None
+    return (f"evaluating the {split} split with data.pairs={ours} but the checkpoint was "
+            f"trained with data.pairs={theirs}: the split holds other pairs than that run's "
+            f"protocol (and its test_after_fit figure); pass data.pairs={theirs} to score it "
+            "the same way")
 
 
 def trained_data_config(trained: Mapping[str, Any]) -> str | None:

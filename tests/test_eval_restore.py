@@ -401,19 +401,33 @@ def test_restore_help_explains_its_own_keys_not_train_groups() -> None:
 
 def test_eval_warns_when_its_amplification_differs_from_training(
         synthetic_sid: Path, constant_checkpoint: Path, tmp_path: Path) -> None:
-    from darkraw.evaluation import amplification_mismatches, read_checkpoint_record
+    from darkraw.evaluation import (
+        amplification_mismatches,
+        pairs_mismatch,
+        read_checkpoint_record,
+    )
 
     def training_data_mismatches(path: Path, data: dict[str, object]) -> list[str]:
         return amplification_mismatches(read_checkpoint_record(path).trained_data, data)
 
     checkpoint = torch.load(constant_checkpoint, map_location="cpu", weights_only=False)
-    trained = {"amplification": "exposure_ratio", "m": 5.0, "max_ratio": 300.0}
+    trained = {"amplification": "exposure_ratio", "m": 5.0, "max_ratio": 300.0,
+               "pairs": "authors"}
     ckpt = tmp_path / "ratio.ckpt"
     torch.save({**checkpoint, "datamodule_hyper_parameters": trained}, ckpt)
     assert training_data_mismatches(ckpt, {**trained, "m": 1.0}) == []  # m: estimated only
     assert training_data_mismatches(ckpt, {**trained, "max_ratio": 100.0}) == [
         "data.max_ratio=100.0 (trained with 300.0)"]
     assert training_data_mismatches(constant_checkpoint, {"amplification": "estimated"}) == []
+    # max_ratio clamps the estimated amplifier too: scoring at 100 moved PSNR without a word.
+    estimated = {"amplification": "estimated", "m": 5.0, "max_ratio": 300.0}
+    assert amplification_mismatches(estimated, {**estimated, "max_ratio": 100.0}) == [
+        "data.max_ratio=100.0 (trained with 300.0)"]
+    # experiment=paper trains on the authors' pairs; eval.py's default lists scores others.
+    assert pairs_mismatch(trained, {"pairs": "authors"}, "test") is None
+    assert pairs_mismatch(trained, {"pairs": "lists"}, "test").startswith(
+        "evaluating the test split with data.pairs=lists but the checkpoint was trained with "
+        "data.pairs=authors")
 
     proc = run_entry_point(
         "eval.py", *fixture_data_overrides(synthetic_sid, tmp_path / "cache"),
@@ -422,7 +436,26 @@ def test_eval_warns_when_its_amplification_differs_from_training(
         "save_images=false", f"output={tmp_path / 'eval'}")
     assert ("evaluating with data.amplification='estimated' (trained with 'exposure_ratio')"
             in proc.stdout + proc.stderr)
+    assert ("evaluating the val split with data.pairs=lists but the checkpoint was trained with "
+            "data.pairs=authors" in proc.stdout + proc.stderr)
     assert (tmp_path / "eval" / "summary.json").is_file()  # a warning, not a refusal
+
+
+def test_eval_reads_the_machines_local_config_as_training_does(constant_checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    """conf/local/default.yaml's paths were ignored by eval.py, whose error then advised
+    setting them there. (Given through --config-dir here, not written into the repository.)"""
+    local = tmp_path / "conf" / "local" / "default.yaml"
+    local.parent.mkdir(parents=True)
+    local.write_text(f"# @package _global_\npaths: {{sid_root: {tmp_path / 'my_sid'}}}\n")
+    proc = run_entry_point("eval.py", "--config-dir", str(tmp_path / "conf"),
+                           f"ckpt={constant_checkpoint}", "data=sid", check=False, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"SID dataset root {tmp_path / 'my_sid'} does not exist" in proc.stderr
+    local.write_text("paths: {sid_root: /elsewhere}\n")  # without the package line
+    proc = run_entry_point("eval.py", "--config-dir", str(tmp_path / "conf"),
+                           f"ckpt={constant_checkpoint}", "data=sid", check=False, cwd=tmp_path)
+    assert "conf/local/default.yaml must start with the line '# @package _global_'" in proc.stderr
 
 
 def test_eval_never_replaces_the_synthetic_set_it_would_score_otherwise(
