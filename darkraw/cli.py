@@ -23,9 +23,20 @@ QUOTES = ("'", '"')
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def user_message(error: BaseException) -> str:
+    """The error's own message, also when a DataLoader worker raised it: torch re-raises it in
+    the main process as the same type around "Caught X in DataLoader worker process 0" and the
+    worker's whole traceback, whose last line is the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def exit_with_user_error(error: DarkrawError) -> NoReturn:
     """No traceback: the message already names the file, key or value and what to do."""
-    print(f"darkraw: error: {error}", file=sys.stderr)
+    print(f"darkraw: error: {user_message(error)}", file=sys.stderr)
     sys.exit(1)
 
 

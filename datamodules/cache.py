@@ -127,8 +127,27 @@ class CacheEntry:
     estimated_sums: tuple[float, float] | None
 
     def open(self) -> np.ndarray:
-        """Read-only memory map: indexing a crop reads only that crop's pages from disk."""
-        return np.load(self.array_path, mmap_mode="r")
+        """Read-only memory map: indexing a crop reads only that crop's pages from disk.
+
+        Opening a cache checks sizes only (hashing ~80 GB takes minutes): an entry whose header
+        a bad copy or sector damaged is found here, and named with the check that rebuilds it,
+        not left to numpy's "Header info length ... is large" from inside a loader worker.
+        """
+        try:
+            array = np.load(self.array_path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:
+            raise CacheError(self._damaged(f"{type(error).__name__}: {error}")) from error
+        if tuple(array.shape) != tuple(self.shape):
+            raise CacheError(self._damaged(f"shape {tuple(array.shape)}, recorded "
+                                           f"{tuple(self.shape)}"))
+        return array
+
+    def _damaged(self, reason: str) -> str:
+        first = reason.strip().splitlines()[0] if reason.strip() else reason
+        return (f"cache entry {self.array_path} (of {self.relpath}) is damaged ({first}): run "
+                "`python -m datamodules.cache --root <data root> --cache-dir <cache folder> "
+                "--verify` (or train with data.verify_cache=true), which finds and rebuilds "
+                "damaged entries")
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,26 @@ def test_a_cache_folder_that_is_a_file_is_named(tmp_path: Path) -> None:
         build_cache(root, a_file / "sub", "lists", workers=1, progress=False)
 
 
+def test_an_entry_with_a_damaged_header_is_named_with_the_check_that_rebuilds_it(
+        tmp_path: Path) -> None:
+    """numpy's "Header info length ... is large" came from inside a loader worker, naming
+    neither the cache nor --verify (opening a cache checks sizes only, not contents)."""
+    root = write_sid_tree(tmp_path / "sid", train=("00001",))
+    cache = tmp_path / "cache"
+    build_cache(root, cache, "lists", workers=1, progress=False)
+    index = open_cache(root, cache, "lists")
+    entry = index.splits["train"][0].short
+    data = bytearray(entry.array_path.read_bytes())
+    data[8:20] = b"\xff" * 12  # the header's length field and start: same size, damaged
+    entry.array_path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=rf"cache entry {re.escape(str(entry.array_path))} "
+                                         r"\(of .*\) is damaged \(ValueError: .*\): run "
+                                         r"`python -m datamodules.cache .* --verify`"):
+        open_cache(root, cache, "lists").splits["train"][0].short.open()
+    index = build_cache(root, cache, "lists", workers=1, progress=False, verify=True)
+    assert index.splits["train"][0].short.open().shape == entry.shape  # rebuilt
+
+
 def test_touched_source_is_rehashed_not_rebuilt(tmp_path: Path) -> None:
     root = write_sid_tree(tmp_path / "sid", train=("00001",))
     cache = tmp_path / "cache"

@@ -179,3 +179,23 @@ def test_a_full_disk_names_the_free_space_of_the_runs_folders(tmp_path) -> None:
     except OSError as error:
         message = str(disk_full_error(error, [tmp_path]))
     assert f"({tmp_path}: " in message and " GB free)" in message
+
+
+def test_an_error_raised_in_a_loader_worker_is_reported_by_its_own_message() -> None:
+    """torch re-raises a worker's exception as the same type around "Caught ... in DataLoader
+    worker process 0" and the worker's traceback: that whole block was the "one line"."""
+    from torch._utils import ExceptionWrapper
+
+    from darkraw.cli import user_message
+    from datamodules.cache import CacheError
+
+    try:
+        raise CacheError("cache entry x.npy (of a.dng) is damaged (ValueError: bad header)")
+    except CacheError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(CacheError) as caught:
+        wrapped.reraise()
+    assert str(caught.value).startswith("Caught CacheError in DataLoader worker process 0")
+    assert user_message(caught.value) == (
+        "cache entry x.npy (of a.dng) is damaged (ValueError: bad header)")
+    assert user_message(CacheError("plain")) == "plain"
