@@ -739,6 +739,25 @@ def _run_jobs(
     return done, failed
 
 
+def _open_read_only(root: Path, cache_dir: Path, pairs: str, splits: Sequence[str] | None,
+                    verify: bool) -> CacheIndex:
+    """A complete cache in a folder this process cannot write (a shared, read-only dataset
+    mount) is used as it is; the build lock alone made it unusable, as an OSError traceback."""
+    what = "data.cache_dir, or --cache-dir"
+    if verify:
+        raise CacheError(f"the cache folder {cache_dir} ({what}) is read-only: --verify (or "
+                         "data.verify_cache=true) would have to rebuild damaged entries there; "
+                         "verify it where it can be written, or copy it to a writable folder")
+    try:
+        index = open_cache(root, cache_dir, pairs, splits)
+    except CacheError as error:
+        raise CacheError(f"the cache folder {cache_dir} ({what}) is read-only and cannot be "
+                         f"completed here ({error}): build it once where it can be written, or "
+                         "point the cache at a writable folder") from error
+    log.info("using the complete read-only cache in %s", cache_dir)
+    return index
+
+
 def make_cache_dir(cache_dir: Path) -> None:
     """Create the cache folder, or say in one line why it cannot be (mkdir's FileExistsError
     for a file of that name, or a read-only place, came as a traceback)."""
@@ -783,6 +802,8 @@ def build_cache(
     files = _cache_files(split_pairs, wanted)
     fingerprint = fingerprint_hash()
     make_cache_dir(cache_dir)
+    if not os.access(cache_dir, os.W_OK):
+        return _open_read_only(root, cache_dir, pairs, splits, verify)
     with _build_lock(cache_dir):
         _reset_if_other_settings(cache_dir, fingerprint)
         _remove_stale_temps(cache_dir)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,39 @@ def test_an_entry_with_a_damaged_header_is_named_with_the_check_that_rebuilds_it
         open_cache(root, cache, "lists").splits["train"][0].short.open()
     index = build_cache(root, cache, "lists", workers=1, progress=False, verify=True)
     assert index.splits["train"][0].short.open().shape == entry.shape  # rebuilt
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs of this test's own, to remount read-only; skipped where mounting is not
+    allowed (it needs root with mount rights, as on this project's CI machines)."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_a_complete_cache_on_a_read_only_mount_is_used_as_it_is(tmp_path: Path,
+                                                                tmpfs: Path) -> None:
+    """A shared dataset mount: the build lock alone made the cache unusable, as a traceback."""
+    root = write_sid_tree(tmp_path / "sid", train=("00001",), val=("10001",))
+    cache = tmpfs / "cache"
+    built = build_cache(root, cache, "lists", workers=1, progress=False, splits=["val"])
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    again = build_cache(root, cache, "lists", workers=1, progress=False, splits=["val"])
+    assert [p.name for p in again.splits["val"]] == [p.name for p in built.splits["val"]]
+    with pytest.raises(CacheError, match=r"is read-only and cannot be completed here \(.*"
+                                         r"build it once where it can be written"):
+        build_cache(root, cache, "lists", workers=1, progress=False)  # train is not cached
+    with pytest.raises(CacheError, match=r"is read-only: --verify .* would have to rebuild"):
+        build_cache(root, cache, "lists", workers=1, progress=False, splits=["val"],
+                    verify=True)
 
 
 def test_touched_source_is_rehashed_not_rebuilt(tmp_path: Path) -> None:
