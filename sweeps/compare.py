@@ -127,6 +127,8 @@ class Job:
     error: str | None = None
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
+    #: Why its csv/metrics.csv gave nothing (missing, empty, unreadable), or None.
+    metrics_problem: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
     learned: bool | None = None
     reasons: list[str] = field(default_factory=list)
@@ -183,8 +185,18 @@ def read_job(job_dir: Path) -> Job:
         num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num", default=None)
         job.num = int(num) if num is not None else None
     metrics_csv = job_dir / "csv" / "metrics.csv"
-    if metrics_csv.is_file():
-        job.series, job.nonfinite = read_metrics(metrics_csv)
+    if not metrics_csv.is_file():
+        job.metrics_problem = f"{metrics_csv} is missing"
+    else:
+        try:
+            job.series, job.nonfinite = read_metrics(metrics_csv)
+        except (UnicodeDecodeError, csv.Error, OSError) as error:
+            # One damaged file must not take the whole comparison down with a traceback.
+            job.metrics_problem = (f"{metrics_csv} cannot be read ({type(error).__name__}: "
+                                   f"{error})")
+        else:
+            if not job.series:
+                job.metrics_problem = f"{metrics_csv} holds no metrics"
     status = read_status(job_dir)
     if status is None:
         job.status = UNKNOWN
@@ -358,7 +370,12 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
             "folder Hydra printed as the sweep's output (outputs/multirun/<date>/<time>)")
     jobs.sort(key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.name))
     for job in jobs:
-        if job.status in (COMPLETED, UNKNOWN, INCOMPLETE, INTERRUPTED, RUNNING):
+        if job.status == COMPLETED and job.metrics_problem:
+            # A finished job whose metrics are gone cannot be shown to have learned: said, and
+            # counted by --strict, rather than a row of "-" that passes.
+            job.learned, job.flags, job.reasons = False, ["no metrics"], [job.metrics_problem]
+            print(f"darkraw: warning: {job.name}: {job.metrics_problem}", file=sys.stderr)
+        elif job.status in (COMPLETED, UNKNOWN, INCOMPLETE, INTERRUPTED, RUNNING):
             job.learned, found = rule.judge(job.series, job.nonfinite)
             job.flags, job.reasons = list(found), list(found.values())
     swept_keys, common = sweep_axes(jobs, plan.swept)

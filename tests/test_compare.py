@@ -311,3 +311,25 @@ def test_wandb_hint_names_a_job_that_has_a_wandb_folder(tmp_path: Path) -> None:
     # No job with an offline run: no W&B section at all (nothing to point at).
     (good / "wandb" / "offline-run-20260101_000000-abc").rmdir()
     assert compare.wandb_lines(collect(tmp_path)) == []
+
+
+def test_a_finished_job_without_readable_metrics_is_named_and_fails_strict(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged metrics.csv crashed the whole comparison (UnicodeDecodeError); an empty or
+    missing one gave a row of "-" that passed --strict."""
+    write_job(tmp_path, ["seed=1"], 0)
+    empty = write_job(tmp_path, ["seed=2"], 1) / "csv" / "metrics.csv"
+    empty.write_text("")
+    damaged = write_job(tmp_path, ["seed=3"], 2) / "csv" / "metrics.csv"
+    damaged.write_bytes(damaged.read_bytes()[:40] + b"\x00\xff garbage")
+    missing = write_job(tmp_path, ["seed=4"], 3) / "csv" / "metrics.csv"
+    missing.unlink()
+    assert main([str(tmp_path), "--quiet", "--no-plots", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert f"darkraw: warning: seed=2: {empty} holds no metrics" in err
+    assert f"darkraw: warning: seed=3: {damaged} cannot be read (UnicodeDecodeError" in err
+    assert f"darkraw: warning: seed=4: {missing} is missing" in err
+    jobs = {job.name: job for job in collect(tmp_path).jobs}
+    assert jobs["seed=1"].learned is True
+    assert [jobs[f"seed={n}"].flags for n in (2, 3, 4)] == [["no metrics"]] * 3
+    assert (tmp_path / "comparison.md").is_file()  # the others are still compared
