@@ -812,20 +812,35 @@ def print_rich(comparison: Comparison) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = LearningRule()
+
+    def finite(text: str) -> float:
+        # nan passed: every comparison with it is False, so every job counted as learned.
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+
+    def at_least_one(text: str) -> int:
+        # 0 judged jobs with no validation at all (and max() of nothing failed).
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
+        return value
+
     parser = argparse.ArgumentParser(
         prog="python -m sweeps.compare",
         description="Compare the jobs of a Hydra multirun from their files (offline).")
     parser.add_argument("sweep_dir", type=Path, help="the multirun folder Hydra printed")
     parser.add_argument("--seed-key", default="seed",
                         help="override key of the seed axis to average over (default: seed)")
-    parser.add_argument("--min-psnr-rise", type=float, default=defaults.min_psnr_rise_db,
+    parser.add_argument("--min-psnr-rise", type=finite, default=defaults.min_psnr_rise_db,
                         help="dB the best val PSNR must rise above the first (with SSIM)")
-    parser.add_argument("--min-ssim-rise", type=float, default=defaults.min_ssim_rise,
+    parser.add_argument("--min-ssim-rise", type=finite, default=defaults.min_ssim_rise,
                         help="rise of the best val SSIM over the first (with PSNR)")
-    parser.add_argument("--min-gain-over-input", type=float,
+    parser.add_argument("--min-gain-over-input", type=finite,
                         default=defaults.min_gain_over_input_db,
                         help="dB the best val PSNR must beat the amplified input by")
-    parser.add_argument("--min-val-points", type=int, default=defaults.min_val_points,
+    parser.add_argument("--min-val-points", type=at_least_one, default=defaults.min_val_points,
                         help="validations needed before judging")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="write the files, print nothing")

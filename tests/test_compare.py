@@ -333,3 +333,15 @@ def test_a_finished_job_without_readable_metrics_is_named_and_fails_strict(
     assert jobs["seed=1"].learned is True
     assert [jobs[f"seed={n}"].flags for n in (2, 3, 4)] == [["no metrics"]] * 3
     assert (tmp_path / "comparison.md").is_file()  # the others are still compared
+
+
+@pytest.mark.parametrize("option", [["--min-ssim-rise", "nan"], ["--min-psnr-rise", "inf"],
+                                    ["--min-val-points", "0"]])
+def test_thresholds_that_would_judge_nothing_are_refused(tmp_path: Path, option: list[str],
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """nan made every job "learned"; 0 validations judged jobs on nothing."""
+    write_job(tmp_path, ["seed=1"], 0)
+    with pytest.raises(SystemExit) as caught:
+        main([str(tmp_path), "--quiet", "--no-plots", *option])
+    assert caught.value.code == 2 and option[0] in capsys.readouterr().err
