@@ -83,8 +83,11 @@ def test_data_loading_benchmark_writes_its_figures(tmp_path) -> None:
     assert data_loading.main(args) == 0
     result = json.loads((out / "data_loading.json").read_text())
     assert result["setup"]["train_pairs"] == 2
-    # The check reads every split's entries; cache_mb counts the training pairs only.
-    assert result["cache_total_mb"] > result["cache_mb"] > 0
+    # Sizes and files/s count every split's entries, as the check reads them: the training
+    # pairs alone gave a cache smaller than the one verified, and too few files per second.
+    assert result["cache_files"] == 8  # 4 scenes (2 train, 1 val, 1 test): a short and a long
+    assert result["cache_mb"] == pytest.approx(result["cache_total_mb"], rel=0.01)
+    assert result["cache_build_files_per_s"] == pytest.approx(8 / result["cache_build_s"])
     assert result["verify_s"] > 0 and result["verify_mb_per_s"] > 0
     assert result["cached_patches_per_s"] > 0 and result["decode_per_patch_patches_per_s"] > 0
     assert result["loader"]["workers"] == 1
