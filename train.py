@@ -21,6 +21,9 @@ from darkraw.cli import disk_full_error, exit_on_composition_error, exit_with_us
 from darkraw.errors import DarkrawError
 
 log = logging.getLogger("darkraw")
+#: What the same command does with what a stop before training left behind.
+CONTINUES = ("a half-written synthetic set is written again, a half-built cache is completed "
+             "and its finished entries are kept")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -57,8 +60,8 @@ def main(cfg: DictConfig) -> float:
         raise
     except KeyboardInterrupt as error:  # Ctrl-C outside trainer.fit: data, cache, pre-flight
         status.interrupted(error)
-        print("\ndarkraw: interrupted (Ctrl-C) before training; the same command continues "
-              "(a half-built cache is completed, finished entries are kept)", file=sys.stderr)
+        print("\ndarkraw: interrupted (Ctrl-C) before training (data, cache or pre-flight "
+              f"check); the same command continues ({CONTINUES})", file=sys.stderr)
         raise SystemExit(130) from None
     except Terminated as error:  # SIGTERM outside trainer.fit (JobStatus's handler): exit 143
         status.interrupted(error)
@@ -70,8 +73,8 @@ def main(cfg: DictConfig) -> float:
                   flush=True)
             raise
         print("\ndarkraw: stopped by SIGTERM before training (data, cache or pre-flight check), "
-              f"exit status {error.code}; the same command continues (a half-built cache is "
-              "completed, finished entries are kept)", file=sys.stderr, flush=True)
+              f"exit status {error.code}; the same command continues ({CONTINUES})",
+              file=sys.stderr, flush=True)
         raise
     except BaseException as error:  # Ctrl-C in fit (Lightning turns it into SystemExit), exit
         status.interrupted(error)

@@ -26,9 +26,16 @@ def ensure_free_space(path: str | Path, needed_bytes: float, what: str) -> None:
     if free < needed_bytes:
         raise DiskSpaceError(
             f"not enough free disk space for {what} in {Path(path)}: need "
-            f"{needed_bytes / GB:.2f} GB, {free / GB:.2f} GB free on the disk of {folder}. "
+            f"{size_text(needed_bytes)}, {size_text(free)} free on the disk of {folder}. "
             "Free some space or point the path to a larger disk."
         )
+
+
+def size_text(n_bytes: float) -> str:
+    """GB to two decimals, or MB below 1 GB: "need 0.01 GB, 0.00 GB free" said nothing."""
+    if n_bytes >= GB:
+        return f"{n_bytes / GB:.2f} GB"
+    return f"{n_bytes / 1024**2:.1f} MB"
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -299,3 +299,11 @@ def test_cli(tmp_path: Path) -> None:
         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "height=33" in bad.stderr
+
+
+def test_sizes_below_a_gigabyte_are_said_in_megabytes() -> None:
+    """A 2 MB disk read "need 0.01 GB, 0.00 GB free"."""
+    from darkraw.disk import GB, size_text
+
+    assert (size_text(8.4 * 1024**2), size_text(0), size_text(3 * GB)) == (
+        "8.4 MB", "0.0 MB", "3.00 GB")
