@@ -54,7 +54,7 @@ from darkraw.health import raise_if_unhealthy
 from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
 from darkraw.logging_steps import off_the_logging_steps
 from darkraw.plots import plot_learning_curve
-from darkraw.preflight import check_preflight_options, run_preflight
+from darkraw.preflight import check_preflight_options, global_rank_from_env, run_preflight
 from darkraw.resume import (
     check_resume_checkpoint,
     check_resume_settings,
@@ -712,6 +712,13 @@ def train(cfg: DictConfig) -> RunSummary:
     check_resume_settings(ckpt_path, resumed, module.hparams,
                           getattr(datamodule, "hparams", None), run_identity_exclusions())
     del resumed  # the optimizer state is Lightning's to load, from the file
+    if global_rank_from_env() == 0:
+        # The data is made ready (generated, cached, opened) before any logger exists: a listed
+        # file that is missing, a damaged cache or a patch larger than the images then fails
+        # the job before W&B starts a run for it (an empty run in the sweep's group otherwise,
+        # with the pre-flight check off or on resume). Lightning's own calls find it ready.
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     callbacks: list[Callback] = instantiate_named(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         # `trainer.enable_progress_bar=false` is how users (and CI logs) ask for plain output.

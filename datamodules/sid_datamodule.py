@@ -375,6 +375,8 @@ class SIDDataModule(L.LightningDataModule):
         #: The splits cached and set up; None: all. eval.py sets its one split, so that scoring
         #: the test images on a fresh cache does not first decode every training pair.
         self.only_splits: tuple[Split, ...] | None = None
+        #: Set once prepare_data has built (or checked) everything in this process.
+        self._data_prepared = False
 
     @staticmethod
     def _check(
@@ -410,7 +412,14 @@ class SIDDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- Lightning hooks
 
     def prepare_data(self) -> None:
-        """Build or complete the cache; Lightning runs this on one process per node."""
+        """Build or complete the cache; Lightning runs this on one process per node.
+
+        Done once per process: train.py prepares the data before the loggers start and
+        Lightning's own call then finds it done (a second ``data.verify_cache=true`` pass over
+        the whole cache would cost minutes for nothing).
+        """
+        if self._data_prepared:
+            return
         build_cache(
             self.root,
             self.cache_dir,
@@ -420,6 +429,7 @@ class SIDDataModule(L.LightningDataModule):
             verify=self.verify_cache,
             splits=self.only_splits,
         )
+        self._data_prepared = True
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -571,6 +581,8 @@ class SyntheticSIDDataModule(SIDDataModule):
     def prepare_data(self) -> None:
         from datamodules.synthetic import generate_synthetic_sid
 
+        if self._data_prepared:
+            return
         options = {"progress": self.progress, **self.synthetic,
                    "replace_other_set": self.replace_other_set}
         generate_synthetic_sid(self.root, **options)

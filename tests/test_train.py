@@ -224,6 +224,23 @@ def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: s
     assert "Initializing distributed" not in proc.stdout + proc.stderr  # no rank was started
 
 
+def test_a_data_error_ends_the_run_before_any_wandb_run_is_started(synthetic_sid: Path,
+                                                                    tmp_path: Path) -> None:
+    """With the pre-flight check off (or on resume) the data was first read in Lightning's
+    setup, after W&B had started: each such failed sweep job left an empty run in its group."""
+    root = tmp_path / "sid"
+    shutil.copytree(synthetic_sid, root)
+    (missing,) = [p for p in (root / "Sony" / "short").iterdir() if p.name.startswith("00001_")]
+    missing.unlink()
+    proc = run_entry_point("train.py", *FAST_TRAIN, "data=sid", f"data.root={root}",
+                           f"data.cache_dir={tmp_path / 'cache'}", f"paths.root_dir={tmp_path}",
+                           "preflight.enabled=false", check=False, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("darkraw: error:") == 1 and "Traceback" not in proc.stderr
+    assert f"listed file {missing} does not exist" in proc.stderr
+    assert not list(tmp_path.glob("outputs/**/wandb")) and "wandb sync" not in proc.stderr
+
+
 def test_a_damaged_last_checkpoint_is_named_with_what_to_do(synthetic_sid: Path,
                                                             tmp_path: Path) -> None:
     """A truncated last.ckpt: one line naming it and the ways out, not torch's traceback; the
