@@ -949,9 +949,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="SID root (holds Sony/ and the list files)")
     parser.add_argument("--cache-dir", required=True, help="where the cache is written")
     parser.add_argument("--pairs", default="lists", choices=["lists", "authors"])
+    def at_least_one(text: str) -> int:
+        # Checked only when there is work to do otherwise: --workers 0 passed on a full cache.
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 decoding process")
+        return value
+
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least_one,
         default=None,
         help="decoding processes (default: all cores, fewer if RAM is short; small builds run "
         "in this process)",
@@ -984,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
             splits=args.splits,
         )
     except DarkrawError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"darkraw: error: {exc}", file=sys.stderr)
         return 1
     except CacheBuildInterrupted:  # what was kept is already logged
         return 130  # 128 + SIGINT, as a shell reports Ctrl-C

@@ -119,7 +119,8 @@ def check_layout(root: str | Path) -> Path:
     if not root.is_dir():
         raise SIDLayoutError(f"SID dataset root {root} does not exist or is not a folder: set "
                              "data.root=<SID folder> (or paths.sid_root in "
-                             f"conf/local/default.yaml); {EXPECTED_LAYOUT}")
+                             "conf/local/default.yaml; --root for python -m datamodules.cache); "
+                             f"{EXPECTED_LAYOUT}")
     for sub in ("short", "long"):
         folder = root / "Sony" / sub
         if not folder.is_dir():

@@ -454,7 +454,14 @@ def test_command_line(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*args, "--pairs", "authors"]) == 0
     assert "cache ready" in capsys.readouterr().out
     assert main(["--root", str(tmp_path / "missing"), "--cache-dir", str(cache)]) == 1
-    assert "missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"darkraw: error: SID dataset root {tmp_path / 'missing'} does not")
+    assert "--root for python -m datamodules.cache" in err  # the option of this command
+    for workers in ("0", "-2"):  # passed silently on a complete cache
+        with pytest.raises(SystemExit) as caught:
+            main([*args[:4], "--workers", workers])
+        assert caught.value.code == 2
+        assert "give at least 1 decoding process" in capsys.readouterr().err
 
 
 def test_worker_count() -> None:
