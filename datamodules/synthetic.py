@@ -406,7 +406,8 @@ def _check_ours(root: Path) -> None:
     found += [root / name for name in LIST_FILES.values() if (root / name).exists()]
     if found:
         raise SyntheticLayoutError(
-            f"{found[0]} (and {len(found) - 1} more files) was not written by darkraw's "
+            f"{found[0]}{f' (and {len(found) - 1} more files)' if len(found) > 1 else ''} "
+            "was not written by darkraw's "
             f"synthetic generator, so {root} looks like a real dataset. The generator deletes "
             "and rewrites its folder: point the synthetic data's root to an empty or "
             "synthetic-only folder (data.root, by default data/synthetic_sid); for a real SID "

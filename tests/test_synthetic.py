@@ -233,8 +233,10 @@ def test_refuses_to_delete_real_data(tmp_path: Path) -> None:
     real = tmp_path / "sid" / "Sony" / "short" / "00001_00_0.1s.ARW"
     real.parent.mkdir(parents=True)
     real.write_bytes(b"a real camera file")
-    with pytest.raises(SyntheticLayoutError, match=r"00001_00_0\.1s\.ARW.*real dataset"):
+    with pytest.raises(SyntheticLayoutError, match=r"00001_00_0\.1s\.ARW was not written by "
+                                                   r"darkraw's .*real dataset") as caught:
         generate_synthetic_sid(tmp_path / "sid", **TINY)
+    assert "(and 0 more files)" not in str(caught.value)
     assert real.read_bytes() == b"a real camera file"
 
 
