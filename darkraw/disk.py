@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from darkraw.errors import DiskSpaceError
@@ -46,3 +49,23 @@ def is_disk_full(error: BaseException) -> bool:
 
 def free_gb(path: str | Path) -> float:
     return shutil.disk_usage(existing_parent(Path(path))).free / GB
+
+
+@contextlib.contextmanager
+def replaced_when_complete(path: str | Path) -> Iterator[Path]:
+    """A hidden sibling of ``path`` to write instead; renamed over ``path`` when the block ends
+    without an exception, deleted otherwise.
+
+    A crash, a full disk or a Ctrl-C mid-write then leaves neither a truncated file under the
+    real name (that a later look would take as finished) nor the previous file deleted; and no
+    ``.partial`` piles up beside it either.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)

@@ -12,10 +12,8 @@ replaces the other.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darkraw.disk import replaced_when_complete
 from darkraw.errors import ConfigError, DarkrawError, DataError
 from datamodules.amplification import (
     DEFAULT_M,
@@ -580,27 +579,21 @@ def write_image(image: torch.Tensor, path: Path, quality: int = 95) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
         check_image_format(suffix)  # raises: the one message for every unsupported format
-    # Written under a temporary name and renamed: a full disk or a Ctrl-C mid-write leaves no
-    # truncated image under the real name for a later look (or a sync) to take as restored.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+        # A Ctrl-C or full disk mid-write leaves no truncated image under the real name.
+        with replaced_when_complete(path) as partial:
+            if suffix in (".tif", ".tiff"):
+                import tifffile
 
-            tifffile.imwrite(partial, to_uint(image, 16))
-        else:
-            from PIL import Image
+                tifffile.imwrite(partial, to_uint(image, 16))
+            else:
+                from PIL import Image
 
-            Image.fromarray(to_uint(image, 8)).save(
-                partial, format="PNG" if suffix == ".png" else "JPEG", quality=quality)
-        os.replace(partial, path)
+                Image.fromarray(to_uint(image, 8)).save(
+                    partial, format="PNG" if suffix == ".png" else "JPEG", quality=quality)
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror or error}; check the free space "
                         f"and permissions of {path.parent}") from error
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
     return path
 
 

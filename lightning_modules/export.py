@@ -343,8 +343,13 @@ def newest_onnx_opset() -> int:
     return int(onnx.defs.onnx_opset_version())
 
 
+class _Rejected(Exception):
+    """The export failed its check: leave the block without renaming the file into place."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from darkraw.checkpoints import load_network
+    from darkraw.disk import replaced_when_complete
     from darkraw.errors import DarkrawError
 
     args = _parse(sys.argv[1:] if argv is None else argv)
@@ -371,25 +376,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = example_input(1, args.height, args.width)
     # Exported and checked under a temporary name, renamed into place only when good: a failed
     # re-export then leaves the previous model.onnx as it was, instead of deleting it.
-    partial = args.out.with_name(f".{args.out.name}.{os.getpid()}.partial")
     replacing = args.out.exists()
     try:
-        try:
+        with replaced_when_complete(args.out) as partial:
             export_onnx(net, partial, example=example, dynamic=not args.static,
                         opset=args.opset)
-        except OpsetUnavailableError as error:
-            print(f"darkraw: error: {error}", file=sys.stderr)
-            return 1
-        if args.check:
-            sizes = [(args.height, args.width)]
-            if not args.static:
-                sizes.append((args.height + PACKED_MULTIPLE, args.width + 2 * PACKED_MULTIPLE))
-            status = check_export(partial, net, sizes, shown_as=args.out)
-            if status:
-                return status
-        os.replace(partial, args.out)
-    finally:
-        partial.unlink(missing_ok=True)
+            if args.check:
+                sizes = [(args.height, args.width)]
+                if not args.static:
+                    sizes.append((args.height + PACKED_MULTIPLE,
+                                  args.width + 2 * PACKED_MULTIPLE))
+                if check_export(partial, net, sizes, shown_as=args.out):
+                    raise _Rejected  # said by check_export; nothing is renamed into place
+    except OpsetUnavailableError as error:
+        print(f"darkraw: error: {error}", file=sys.stderr)
+        return 1
+    except _Rejected:
+        return 1
     print(f"wrote {args.out} ({'static' if args.static else 'dynamic batch/height/width'}"
           f"{'; replaced the file that was there' if replacing else ''})")
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from darkraw.checkpoint_io import nonfinite_tensors
 from darkraw.checkpoints import describe_shape
+from darkraw.disk import replaced_when_complete
 from darkraw.errors import DataError
 from lightning_modules.network import DarkRestorationNet
 
@@ -290,14 +290,8 @@ def save_checkpoint(checkpoint: Mapping[str, Any], out: str | Path) -> Path:
     pile up beside the checkpoints with nothing to say what it is.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
+    with replaced_when_complete(out) as partial:
         torch.save(dict(checkpoint), partial)
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return out
 
 
