@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,17 +53,18 @@ def free_gb(path: str | Path) -> float:
 
 
 @contextlib.contextmanager
-def replaced_when_complete(path: str | Path) -> Iterator[Path]:
+def replaced_when_complete(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
     """A hidden sibling of ``path`` to write instead; renamed over ``path`` when the block ends
     without an exception, deleted otherwise.
 
     A crash, a full disk or a Ctrl-C mid-write then leaves neither a truncated file under the
     real name (that a later look would take as finished) nor the previous file deleted; and no
-    ``.partial`` piles up beside it either.
+    temporary file piles up beside it either (only a SIGKILL can leave one, ending in
+    ``suffix``, for a clean-up to recognise). Its name is unique per process and call.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
     try:
         yield partial
         os.replace(partial, path)

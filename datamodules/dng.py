@@ -14,8 +14,6 @@ the linear sRGB the caller started from.
 
 from __future__ import annotations
 
-import os
-import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ import numpy as np
 from pidng.core import RAW2DNG
 from pidng.defs import CalibrationIlluminant, DNGVersion, Orientation, PhotometricInterpretation
 from pidng.dng import DNGTags, Tag
+
+from darkraw.disk import replaced_when_complete
 
 #: DNG CFAPattern codes (0 red, 1 green, 2 blue) of each 2x2 layout, read row by row.
 CFA_CODES: dict[str, tuple[int, int, int, int]] = {
@@ -216,16 +216,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     under the real name that a later run would take for a finished one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkstemp: its 0600 mode would survive the rename and hide shared datasets.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_when_complete(path, suffix=TMP_SUFFIX) as tmp, open(tmp, "xb") as handle:
+        handle.write(data)
     return path
 
 
