@@ -23,6 +23,20 @@ QUOTES = ("'", '"')
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def at_least_one(what: str) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number >= 1, refused with ``give at least 1 <what>``
+    when the arguments are parsed (not only once it is used, or never)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 {what}".rstrip())
+        return value
+
+    return parse
+
+
 def user_message(error: BaseException) -> str:
     """The error's own message, also when a DataLoader worker raised it: torch re-raises it in
     the main process as the same type around "Caught X in DataLoader worker process 0" and the

@@ -43,6 +43,7 @@ import psutil
 import rawpy
 from tqdm import tqdm
 
+from darkraw.cli import at_least_one
 from darkraw.disk import GB, ensure_free_space, free_gb, is_disk_full
 from darkraw.errors import ConfigError, DarkrawError, DataError, DiskSpaceError
 from datamodules.amplification import (
@@ -949,16 +950,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="SID root (holds Sony/ and the list files)")
     parser.add_argument("--cache-dir", required=True, help="where the cache is written")
     parser.add_argument("--pairs", default="lists", choices=["lists", "authors"])
-    def at_least_one(text: str) -> int:
-        # Checked only when there is work to do otherwise: --workers 0 passed on a full cache.
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 decoding process")
-        return value
-
     parser.add_argument(
         "--workers",
-        type=at_least_one,
+        # At parse time: checked only when there was work to do, --workers 0 passed a full cache.
+        type=at_least_one("decoding process"),
         default=None,
         help="decoding processes (default: all cores, fewer if RAM is short; small builds run "
         "in this process)",

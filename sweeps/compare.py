@@ -41,6 +41,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from darkraw.cli import at_least_one
 from darkraw.plots import read_metrics
 from sweeps.job_status import (
     COMPLETED,
@@ -820,13 +821,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         return value
 
-    def at_least_one(text: str) -> int:
-        # 0 judged jobs with no validation at all (and max() of nothing failed).
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
-        return value
-
     parser = argparse.ArgumentParser(
         prog="python -m sweeps.compare",
         description="Compare the jobs of a Hydra multirun from their files (offline).")
@@ -840,7 +834,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-gain-over-input", type=finite,
                         default=defaults.min_gain_over_input_db,
                         help="dB the best val PSNR must beat the amplified input by")
-    parser.add_argument("--min-val-points", type=at_least_one, default=defaults.min_val_points,
+    # 0 judged jobs with no validation at all (and max() of nothing failed).
+    parser.add_argument("--min-val-points", type=at_least_one("validation"),
+                        default=defaults.min_val_points,
                         help="validations needed before judging")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="write the files, print nothing")
