@@ -234,6 +234,18 @@ def _atomic_file(final: Path) -> Iterator[Any]:
             tmp.unlink()
 
 
+def write_npy(handle: Any, array: np.ndarray) -> None:
+    """Write ``array`` as a standard ``.npy`` file (``np.load`` and its memory map read it).
+
+    Not ``np.save``: for a real file it writes through C ``fwrite``, whose short write on a full
+    disk comes back as ``OSError('N requested and M written')`` with no errno, so a full disk
+    read as one broken file after another. Python's own ``write`` keeps ``ENOSPC``/``EDQUOT``.
+    """
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
+    handle.write(array.reshape(-1).view(np.uint8).data)
+
+
 def _write_json(final: Path, payload: dict[str, Any]) -> None:
     with _atomic_file(final) as handle:
         handle.write(json.dumps(payload, indent=1, sort_keys=True).encode())
@@ -303,7 +315,7 @@ def build_entry(root: str, relpath: str, kind: Kind, cache_dir: str, fingerprint
         raise CacheError(f"{source} changed while it was being cached; run the build again")
     array_path = _array_path(cache, relpath)
     with _atomic_file(array_path) as handle:
-        np.save(handle, array, allow_pickle=False)
+        write_npy(handle, array)
     meta["array"] = {
         "shape": list(array.shape),
         "dtype": str(array.dtype),

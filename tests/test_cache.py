@@ -337,6 +337,48 @@ def test_verify_from_the_command_line_and_the_data_module(tree: Path, tmp_path: 
     assert damaged.read_bytes() == sound
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "float16", "float32", ">u2"])
+def test_cache_arrays_are_standard_npy_files(tmp_path: Path, dtype: str) -> None:
+    from datamodules.cache import write_npy
+
+    array = (np.arange(2 * 3 * 5 * 4) % 251).astype(dtype).reshape(2, 3, 5, 4)[:, ::2]
+    with open(tmp_path / "ours.npy", "wb") as handle:
+        write_npy(handle, array)
+    np.save(tmp_path / "numpys.npy", array)
+    assert (tmp_path / "ours.npy").read_bytes() == (tmp_path / "numpys.npy").read_bytes()
+    loaded = np.load(tmp_path / "ours.npy", mmap_mode="r")
+    assert loaded.dtype == array.dtype and np.array_equal(loaded, array)
+
+
+WRITE_NPY_ON_A_FULL_DISK = """
+import sys
+import numpy as np
+from darkraw.disk import is_disk_full
+from datamodules.cache import write_npy
+try:
+    with open(sys.argv[1], "wb") as handle:
+        write_npy(handle, np.zeros(2_000_000, np.uint8))
+except OSError as error:
+    print(is_disk_full(error), error.errno)
+"""
+
+
+def test_a_full_disk_while_writing_an_array_is_recognised_as_a_full_disk(tmp_path: Path) -> None:
+    """np.save's fwrite reports a short write with no errno, which read as a broken file; the
+    cache's own writer must keep ENOSPC, whatever the timing of the disk filling up."""
+    unshare = shutil.which("unshare")
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to make a small disk")
+    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && exec {sys.executable} -c "
+              f"'{WRITE_NPY_ON_A_FULL_DISK}' {disk / 'a.npy'}")
+    proc = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "28"]
+
+
 FILL_DISK_DURING_BUILD = """
 import json, os, sys, threading, time
 from pathlib import Path
