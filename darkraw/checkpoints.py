@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from darkraw.checkpoint_io import nonfinite_tensors
-from darkraw.errors import ConfigError, DataError
+from darkraw.errors import ConfigError, DataError, first_few
 
 #: How to get a checkpoint that these loaders accept; ends every "not a checkpoint" message.
 HOW_TO_GET_A_CHECKPOINT = (
@@ -286,8 +286,7 @@ def read_darkraw_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _listed(keys: list[str], limit: int = MAX_KEYS_LISTED) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+    return first_few(keys, limit, more=" and {} more")
 
 
 def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[Any, Any]) -> str | None:

@@ -3,6 +3,8 @@
 train.py prints these without a traceback; anything else is a bug and keeps its traceback.
 """
 
+from collections.abc import Sequence
+
 
 class DarkrawError(Exception):
     """Base of every user-facing error."""
@@ -22,3 +24,10 @@ class DiskSpaceError(DarkrawError, OSError):
 
 class TrainingHealthError(DarkrawError, RuntimeError):
     """Training that runs without errors but does not learn."""
+
+
+def first_few(names: Sequence[str], limit: int, more: str = ", ... ({} more)") -> str:
+    """The first ``limit`` names, comma-separated, and how many more: a message about a long
+    list (a folder of thousands of files, a state dict of hundreds of keys) stays one line."""
+    shown = ", ".join(names[:limit])
+    return shown + (more.format(len(names) - limit) if len(names) > limit else "")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darkraw.disk import replaced_when_complete
-from darkraw.errors import ConfigError, DarkrawError, DataError
+from darkraw.errors import ConfigError, DarkrawError, DataError, first_few
 from datamodules.amplification import (
     DEFAULT_M,
     MAX_AMPLIFICATION,
@@ -70,8 +70,7 @@ APPLEDOUBLE_PREFIX = "._"
 
 def listed_names(paths: Sequence[Path], limit: int = MAX_SKIPPED_LISTED) -> str:
     """The first ``limit`` file names, and how many more: a line stays short for any folder."""
-    names = ", ".join(path.name for path in paths[:limit])
-    return names + (f", ... ({len(paths) - limit} more)" if len(paths) > limit else "")
+    return first_few([path.name for path in paths], limit)
 
 
 @dataclass(frozen=True)
