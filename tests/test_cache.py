@@ -337,6 +337,25 @@ def test_verify_from_the_command_line_and_the_data_module(tree: Path, tmp_path: 
     assert damaged.read_bytes() == sound
 
 
+def run_on_a_small_disk(disk: Path, size: str, code: str, *args: object) -> str:
+    """Run ``code`` in a Python process that sees a tmpfs of ``size`` mounted at ``disk``, in
+    a private user and mount namespace (no root needed, nothing left mounted); its stdout.
+
+    A real full file system: the errors a full disk gives, with their errno, not a simulation.
+    """
+    unshare = shutil.which("unshare")
+    disk.mkdir()
+    if unshare is None or subprocess.run([unshare, "-rm", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to make a small disk")
+    script = (f"mount -t tmpfs -o size={size} tmpfs {disk} && exec {sys.executable} -c "
+              f"'{code}' " + " ".join(str(arg) for arg in args))
+    proc = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "float16", "float32", ">u2"])
 def test_cache_arrays_are_standard_npy_files(tmp_path: Path, dtype: str) -> None:
     from datamodules.cache import write_npy
@@ -366,17 +385,9 @@ except OSError as error:
 def test_a_full_disk_while_writing_an_array_is_recognised_as_a_full_disk(tmp_path: Path) -> None:
     """np.save's fwrite reports a short write with no errno, which read as a broken file; the
     cache's own writer must keep ENOSPC, whatever the timing of the disk filling up."""
-    unshare = shutil.which("unshare")
     disk = tmp_path / "small_disk"
-    disk.mkdir()
-    if unshare is None or subprocess.run([unshare, "-rm", "true"]).returncode != 0:
-        pytest.skip("needs unshare -rm (user and mount namespaces) to make a small disk")
-    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && exec {sys.executable} -c "
-              f"'{WRITE_NPY_ON_A_FULL_DISK}' {disk / 'a.npy'}")
-    proc = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["True", "28"]
+    stdout = run_on_a_small_disk(disk, "1m", WRITE_NPY_ON_A_FULL_DISK, disk / "a.npy")
+    assert stdout.split() == ["True", "28"]
 
 
 FILL_DISK_DURING_BUILD = """
@@ -413,18 +424,10 @@ def test_a_disk_that_fills_up_during_the_build_is_named_and_the_build_completes_
         tree: Path, tmp_path: Path, workers: int) -> None:
     """A real full file system (a 2 MB tmpfs in a private mount namespace): one error naming
     the disk and what to do, not every remaining file listed as broken, nor a bare OSError."""
-    unshare = shutil.which("unshare")
     disk = tmp_path / "small_disk"
-    disk.mkdir()
-    mounted = subprocess.run([unshare or "unshare", "-rm", "true"], capture_output=True)
-    if unshare is None or mounted.returncode != 0:
-        pytest.skip("needs unshare -rm (user and mount namespaces) to make a small disk")
-    script = (f"mount -t tmpfs -o size=2m tmpfs {disk} && exec {sys.executable} -c "
-              f"'{FILL_DISK_DURING_BUILD}' {tree} {disk / 'cache'} {disk / 'filler'} {workers}")
-    proc = subprocess.run([unshare, "-rm", "sh", "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = run_on_a_small_disk(disk, "2m", FILL_DISK_DURING_BUILD,
+                                 tree, disk / "cache", disk / "filler", workers)
+    result = json.loads(stdout.strip().splitlines()[-1])
     message = result["error"]
     assert message.startswith(f"the disk of {disk / 'cache'} filled up while writing ")
     assert "finished so far are complete and kept" in message
