@@ -48,6 +48,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from omegaconf import OmegaConf
 from torch.utils.data import DistributedSampler
 
+from darkraw.errors import ConfigError
 from darkraw.resume import resolve_resume
 from datamodules.patch_stream import PatchStreamSampler
 
@@ -83,6 +84,32 @@ def external_launcher() -> str | None:
         # A rank that Lightning's launcher started (or a user-provided LOCAL_RANK).
         return "LOCAL_RANK"
     return None
+
+
+#: Set on every node by a by-hand multi-node launch (Lightning's general cluster environment:
+#: ``MASTER_ADDR=... NODE_RANK=<n> python train.py ...`` on each machine) or by Kubeflow.
+_NODE_RANK_ENV = ("NODE_RANK", "GROUP_RANK", "RANK")
+
+
+def check_multi_node_launch(num_nodes: object) -> None:
+    """Refuse ``trainer.num_nodes > 1`` where nothing starts the other nodes' processes.
+
+    Lightning then waits for them without a timeout of its own: the job sat at "Initializing
+    distributed ... MEMBER: 1/2" for half an hour (torch's rendezvous timeout) and ignored
+    Ctrl-C, and a local sweep job with it failed only after 1801 s.
+    """
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes <= 1:
+        return
+    if external_launcher() is not None or any(name in os.environ for name in _NODE_RANK_ENV):
+        return
+    raise ConfigError(
+        f"trainer.num_nodes={num_nodes} needs one process per node started on {num_nodes} "
+        "machines, and nothing here starts them: this is not a SLURM task (srun), a torchrun "
+        "or LSF/MPI rank, and NODE_RANK is not set, so training would wait for the other nodes "
+        "forever. On one machine use trainer.num_nodes=1 with trainer.devices=N; on SLURM "
+        "launch with hydra/launcher=slurm (or srun); by hand, start train.py on every node "
+        "with MASTER_ADDR, MASTER_PORT and NODE_RANK set"
+    )
 
 
 def env_global_rank() -> int:

@@ -43,6 +43,7 @@ from darkraw.csv_logger import ResumableCSVLogger
 from darkraw.disk import GB, ensure_free_space
 from darkraw.distributed import (
     adapt_strategy,
+    check_multi_node_launch,
     distributed_callbacks,
     env_global_rank,
     release_ranks,
@@ -677,6 +678,7 @@ def train(cfg: DictConfig) -> RunSummary:
     check_local_config(cfg)
     check_callbacks_group(cfg)
     check_trainer_config(cfg.trainer)
+    check_multi_node_launch(cfg.trainer.get("num_nodes", 1))
     # Before the groups that interpolate it (data.seed: ${seed}), so the message names `seed`.
     seed = check_seed(cfg.seed)
     check_types(cfg)

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import darkraw.resolvers  # noqa: F401  (the resolvers the composed configs use)
+from darkraw.distributed import check_multi_node_launch
 from darkraw.errors import ConfigError, DataError
 from darkraw.instantiate import check_argument_types, parameter_types, scalar_kinds
 from darkraw.resume import check_resume_checkpoint
@@ -279,6 +280,33 @@ def test_the_global_batch_must_divide_over_every_device_of_every_node() -> None:
                                           r"divide evenly over 4 devices; use a multiple of 4$"):
         check_batch_divides(data, {"accelerator": "cpu", "devices": 2, "num_nodes": 2})
     check_batch_divides({"batch_size": "abc"}, {"devices": 2})  # the type check's business
+
+
+@pytest.mark.parametrize(("launch", "refused"), [
+    ({}, True),
+    ({"NODE_RANK": "0", "MASTER_ADDR": "node0"}, False),  # by hand, on every node
+    ({"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "train"}, False),  # srun
+    ({"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "bash"}, True),  # an interactive allocation
+    ({"TORCHELASTIC_RUN_ID": "1", "RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0",
+      "LOCAL_WORLD_SIZE": "1"}, False),  # torchrun
+])
+def test_several_nodes_need_something_that_starts_them(monkeypatch: pytest.MonkeyPatch,
+                                                       launch: dict[str, str],
+                                                       refused: bool) -> None:
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "TORCHELASTIC_", "LSB_", "OMPI_", "PMI_")) or name in (
+                "NODE_RANK", "GROUP_RANK", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+            monkeypatch.delenv(name)
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    check_multi_node_launch(1)
+    if not refused:
+        check_multi_node_launch(2)
+        return
+    with pytest.raises(ConfigError, match=r"^trainer\.num_nodes=2 needs one process per node "
+                                          r"started on 2 machines.*trainer\.num_nodes=1 with "
+                                          r"trainer\.devices=N"):
+        check_multi_node_launch(2)
 
 
 # ----------------------------------------------------------------------------- callbacks

@@ -202,6 +202,10 @@ def test_the_same_command_trains_the_same_weights(synthetic_sid: Path, tmp_path:
         ("data.batch_size=3 trainer=ddp trainer.devices=2 trainer.accelerator=cpu",
          "data.batch_size=3 is the global batch and must divide evenly over 2 devices; use a "
          "multiple of 2"),
+        # Nothing starts the second node here: Lightning waited for it for half an hour.
+        ("trainer=ddp trainer.accelerator=cpu trainer.devices=1 trainer.num_nodes=2",
+         "trainer.num_nodes=2 needs one process per node started on 2 machines, and nothing "
+         "here starts them"),
         # One callback file as the whole group would drop checkpoints, resume and the alarms.
         ("callbacks=lr_monitor", "callbacks=lr_monitor replaces all default callbacks ("),
         # Pre-flight settings before the data (on SID the cache build, hours), not at the check.
