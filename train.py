@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
 from darkraw.cli import disk_full_error, exit_on_composition_error, exit_with_user_error
-from darkraw.errors import DarkrawError
+from darkraw.errors import ConfigError, DarkrawError
 
 log = logging.getLogger("darkraw")
 #: What the same command does with what a stop before training left behind.
@@ -29,16 +29,26 @@ CONTINUES = ("a half-written synthetic set is written again, a half-built cache 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported here so `--help` and config errors from Hydra come back instantly.
-    from darkraw.training import is_multirun, job_overrides, optimized_value, train
+    from darkraw.training import (
+        is_multirun,
+        job_log_name,
+        job_overrides,
+        optimized_value,
+        train,
+    )
     from sweeps.job_status import JobStatus, Terminated, failed_job_result
 
     # <job folder>/job_status.json says how this job ended (read by `python -m sweeps.compare`).
     status = JobStatus(cfg.paths.output_dir, job_overrides())
     try:
         status.start()
-        summary = train(cfg)
+        summary = train(cfg, on_accepted=status.accept)
     except DarkrawError as error:
-        status.failed(error)
+        if isinstance(error, ConfigError) and not status.accepted_launch and not is_multirun():
+            # Refused at start: an earlier run in this folder keeps its record, a new folder goes.
+            status.rejected(job_log_name())
+        else:
+            status.failed(error)
         if is_multirun():
             # One failing job must not stop the sweep; the error stays in this job's folder.
             log.error("job failed: %s", error)

@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -375,6 +375,17 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def job_log_name() -> str | None:
+    """The name of the log file Hydra writes into the job folder (``<job name>.log``), if any."""
+    if not HydraConfig.initialized():
+        return None
+    filename = OmegaConf.select(HydraConfig.get(), "job_logging.handlers.file.filename")
+    output_dir = HydraConfig.get().runtime.output_dir
+    if not filename or Path(str(filename)).parent != Path(str(output_dir)):
+        return None
+    return Path(str(filename)).name
+
+
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
@@ -670,7 +681,9 @@ class _DropLightningTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
-def train(cfg: DictConfig) -> RunSummary:
+def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> RunSummary:
+    """``on_accepted`` is called once every start-up check has passed, before any data is
+    touched: a :class:`~darkraw.errors.ConfigError` raised before it refused the launch."""
     started = time.time()
     quiet_library_noise()
     route_lightning_logs_through_hydra()
@@ -714,6 +727,8 @@ def train(cfg: DictConfig) -> RunSummary:
     check_resume_settings(ckpt_path, resumed, module.hparams,
                           getattr(datamodule, "hparams", None), run_identity_exclusions())
     del resumed  # the optimizer state is Lightning's to load, from the file
+    if on_accepted is not None:
+        on_accepted()
     if global_rank_from_env() == 0:
         # The data is made ready (generated, cached, opened) before any logger exists: a listed
         # file that is missing, a damaged cache or a patch larger than the images then fails

@@ -12,6 +12,12 @@ job's own folder:
   ``running``: the comparison reports it as ``incomplete``. SIGTERM (SLURM's time limit,
   ``kill``) is recorded as ``interrupted`` at any point of the job, also before training starts.
 - ``traceback.txt`` and an empty ``FAILED`` marker for a failed job (``ls */FAILED`` finds them).
+- ``.hydra/accepted/``: the ``.hydra`` files of the last launch that passed the start-up checks.
+
+A single run refused at start by a config check (:meth:`JobStatus.rejected`) leaves no trace:
+a relaunch of a finished run with a bad override that its folder name leaves out
+(``data.num_workers=-1``) had marked that run failed and overwritten its ``.hydra`` record with
+the refused settings; a fresh folder is removed again. A sweep's job keeps the failure.
 
 A relaunch in the same folder (the same command, or a sweep continued with the same
 ``hydra.sweep.dir``) resumes the job, so the record is the job's, not the last process's: each
@@ -41,6 +47,11 @@ from typing import Any
 STATUS_FILE = "job_status.json"
 FAILED_MARKER = "FAILED"
 TRACEBACK_FILE = "traceback.txt"
+#: Hydra's own record of a launch (``hydra.output_subdir``) and the copy of the last accepted one.
+HYDRA_SUBDIR = ".hydra"
+ACCEPTED_SUBDIR = "accepted"
+#: The files of its own this module writes or removes in a job folder.
+_OWN_FILES = (STATUS_FILE, FAILED_MARKER, TRACEBACK_FILE)
 #: Where Lightning's CSVLogger writes in a job folder (conf/logger): the last sign of life of a
 #: segment that was killed without a word.
 METRICS_CSV = Path("csv") / "metrics.csv"
@@ -90,6 +101,13 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def read_status(job_dir: str | Path) -> dict[str, Any] | None:
@@ -204,6 +222,9 @@ class JobStatus:
         self._previous_sigterm: _SignalHandler = None
         self._sigterm_handler: Callable[[int, FrameType | None], None] | None = None
         self._sigterm_pid: int | None = None
+        #: This module's files as start() found them (None: absent), for :meth:`rejected`.
+        self._found: dict[str, bytes | None] = {}
+        self.accepted_launch = False
 
     @property
     def path(self) -> Path:
@@ -217,12 +238,59 @@ class JobStatus:
         """
         if not self.enabled:
             return
+        self._found = {name: _read_bytes(self.output_dir / name) for name in _OWN_FILES}
         self._begin()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for stale in (FAILED_MARKER, TRACEBACK_FILE):
             (self.output_dir / stale).unlink(missing_ok=True)
         _write_json(self.path, self.record)
         self._install_sigterm_handler()
+
+    def accept(self) -> None:
+        """The launch passed every start-up check: keep its ``.hydra`` files as the folder's
+        accepted record, which :meth:`rejected` puts back after a refused relaunch."""
+        self.accepted_launch = True
+        if not self.enabled:
+            return
+        hydra_dir = self.output_dir / HYDRA_SUBDIR
+        accepted = hydra_dir / ACCEPTED_SUBDIR
+        files = [p for p in hydra_dir.glob("*.yaml") if p.is_file()] if hydra_dir.is_dir() else []
+        if not files:
+            return
+        accepted.mkdir(exist_ok=True)
+        for path in files:
+            (accepted / path.name).write_bytes(path.read_bytes())
+
+    def rejected(self, job_log: str | None = None) -> None:
+        """Undo this launch's traces after a config check refused it, before anything ran.
+
+        A folder with an earlier record gets back its record, markers and the ``.hydra`` files
+        of its last accepted launch; a folder this launch made (it had no record) is removed
+        again, but only what Hydra and this module wrote there (``.hydra/``, ``job_log``).
+        """
+        if not self.enabled or not self._found:  # start() did not look: nothing to undo
+            return
+        self._restore_sigterm_handler()
+        if self._found.get(STATUS_FILE) is not None:
+            for name, content in self._found.items():
+                if content is None:
+                    (self.output_dir / name).unlink(missing_ok=True)
+                else:
+                    (self.output_dir / name).write_bytes(content)
+            accepted = self.output_dir / HYDRA_SUBDIR / ACCEPTED_SUBDIR
+            for path in sorted(accepted.glob("*.yaml")) if accepted.is_dir() else []:
+                (accepted.parent / path.name).write_bytes(path.read_bytes())
+            return
+        for name in (*_OWN_FILES, *([job_log] if job_log else [])):
+            (self.output_dir / name).unlink(missing_ok=True)
+        hydra_dir = self.output_dir / HYDRA_SUBDIR
+        for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir.is_dir() else []:
+            path.unlink()
+        for folder in (hydra_dir, self.output_dir):
+            try:
+                folder.rmdir()  # only when nothing else is in it
+            except OSError:
+                break
 
     def _begin(self) -> None:
         """This segment's record: the job's history from the folder, plus this launch."""

@@ -139,6 +139,63 @@ def test_a_failed_job_that_now_completes_shows_as_completed(tmp_path: Path,
     assert only.status == "completed" and only.error is None
 
 
+def write_hydra_record(job: Path, overrides: list[str]) -> None:
+    """What Hydra writes into the job folder before train.py's code runs."""
+    hydra = job / ".hydra"
+    hydra.mkdir(parents=True, exist_ok=True)
+    (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (hydra / "config.yaml").write_text(f"launch: {overrides}\n")
+    (job / "train.log").write_text("log of this launch\n")
+
+
+def test_a_refused_relaunch_puts_back_the_record_of_the_last_accepted_one(
+        tmp_path: Path, clock: Clock) -> None:
+    job = tmp_path / "runs" / "model.rdb=after"
+    write_hydra_record(job, ["model.rdb=after"])
+    first = JobStatus(job, ["model.rdb=after"], enabled=True)
+    first.start()
+    first.accept()
+    first.failed(ValueError("the data ran out"))
+    kept = {p.relative_to(job): p.read_bytes() for p in job.rglob("*") if p.is_file()}
+
+    write_hydra_record(job, ["model.rdb=after", "data.num_workers=-1"])
+    refused = JobStatus(job, ["model.rdb=after", "data.num_workers=-1"], enabled=True)
+    refused.start()
+    assert read_status(job)["status"] == "running" and not (job / "FAILED").exists()
+    refused.rejected("train.log")
+
+    now = {p.relative_to(job): p.read_bytes() for p in job.rglob("*") if p.is_file()}
+    assert now.pop(Path("train.log")) == b"log of this launch\n"  # the log is a log
+    kept.pop(Path("train.log"))
+    assert now == kept  # the failure, its traceback and the .hydra record of that launch
+    assert read_status(job)["attempts"] == 1
+
+
+def test_a_refused_first_launch_removes_only_what_it_wrote(tmp_path: Path,
+                                                           clock: Clock) -> None:
+    job = tmp_path / "runs" / "data.batch_size=0"
+    write_hydra_record(job, ["data.batch_size=0"])
+    refused = JobStatus(job, ["data.batch_size=0"], enabled=True)
+    refused.start()
+    refused.rejected("train.log")
+    assert not job.exists()
+
+    write_hydra_record(job, ["data.batch_size=0"])
+    (job / "notes.txt").write_text("someone else's")
+    refused = JobStatus(job, ["data.batch_size=0"], enabled=True)
+    refused.start()
+    refused.rejected("train.log")
+    assert sorted(p.name for p in job.rglob("*")) == ["notes.txt"]
+
+
+def test_rejected_without_start_touches_nothing(tmp_path: Path, clock: Clock) -> None:
+    job = tmp_path / "job"
+    segment(job, clock, 1.0, "completed")
+    before = (job / "job_status.json").read_bytes()
+    JobStatus(job, [], enabled=True).rejected("train.log")
+    assert (job / "job_status.json").read_bytes() == before
+
+
 def test_a_silently_killed_segment_is_timed_by_its_last_metrics(tmp_path: Path,
                                                                  clock: Clock) -> None:
     """SIGKILL leaves ``running``: the relaunch counts that segment up to its last metrics."""

@@ -226,6 +226,31 @@ def test_bad_values_fail_at_start_with_what_is_allowed(override: str, message: s
     assert proc.stderr.count("darkraw: error:") == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # failed before generating or caching any data
     assert "Initializing distributed" not in proc.stdout + proc.stderr  # no rank was started
+    # A refused launch leaves no run folder (it had `.hydra/`, a log and a FAILED marker).
+    assert not list((tmp_path / "outputs").glob("*/runs/*"))
+
+
+def test_a_refused_relaunch_leaves_the_finished_run_as_it_was(synthetic_sid: Path,
+                                                              tmp_path: Path) -> None:
+    """data.num_workers is left out of the folder name, so a bad value of it lands in the
+    finished run's folder: it was marked failed (FAILED, traceback.txt, job_status.json) and its
+    `.hydra` record, which `sweeps.compare` reads, held the refused settings."""
+    overrides = [*FAST_TRAIN, "trainer.max_steps=2", *data_overrides(synthetic_sid, tmp_path)]
+    run_entry_point("train.py", *overrides)
+    run_dir = only_run_dir(tmp_path)
+    records = ["job_status.json", ".hydra/config.yaml", ".hydra/hydra.yaml",
+               ".hydra/overrides.yaml"]
+    before = {name: (run_dir / name).read_bytes() for name in records}
+    proc = run_entry_point("train.py", *overrides, "data.num_workers=-1", check=False)
+    assert proc.returncode == 1 and "darkraw: error: data.num_workers=-1 must be >= 0" in \
+        proc.stderr, proc.stderr[-3000:]
+    assert only_run_dir(tmp_path) == run_dir
+    assert {name: (run_dir / name).read_bytes() for name in records} == before
+    assert not (run_dir / "FAILED").exists() and not (run_dir / "traceback.txt").exists()
+    # The same command without the mistake is accepted again, and records its own launch.
+    run_entry_point("train.py", *overrides, "data.num_workers=1")
+    assert json.loads((run_dir / "job_status.json").read_text())["attempts"] == 2
+    assert "data.num_workers=1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_a_data_error_ends_the_run_before_any_wandb_run_is_started(synthetic_sid: Path,
