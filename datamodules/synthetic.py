@@ -396,7 +396,8 @@ def _check_ours(root: Path) -> None:
 
     SID's own download is DNG-free (ARW), but a converted copy, or any SID-style tree of DNGs,
     would otherwise be replaced without a word, e.g. when a machine-wide ``data.root`` meant for
-    ``data=sid`` also reaches the default synthetic data.
+    ``data=sid`` also reaches the default synthetic data. Any other entry counts as well (hidden
+    ones aside): ``data.root=~`` would have put ``Sony/`` and three list files among them.
     """
     if (root / MARKER_NAME).is_file() or (root / OWNER_NAME).is_file():
         return
@@ -404,14 +405,21 @@ def _check_ours(root: Path) -> None:
              if folder.is_dir() for path in sorted(folder.iterdir())
              if not path.name.startswith(".")]
     found += [root / name for name in LIST_FILES.values() if (root / name).exists()]
+    # Anything else in the folder too: the set's files would be written among someone's data
+    # (data.root=~ or a project folder), and later deleted and rewritten there.
+    own = {"Sony", *LIST_FILES.values()}
+    for folder, expected in ((root, own), (root / "Sony", {"short", "long"})):
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        found += [path for path in entries
+                  if path.name not in expected and not path.name.startswith(".")]
     if found:
         raise SyntheticLayoutError(
             f"{found[0]}{f' (and {len(found) - 1} more files)' if len(found) > 1 else ''} "
             "was not written by darkraw's "
-            f"synthetic generator, so {root} looks like a real dataset. The generator deletes "
-            "and rewrites its folder: point the synthetic data's root to an empty or "
-            "synthetic-only folder (data.root, by default data/synthetic_sid); for a real SID "
-            "tree use data=sid (machine-wide: paths.sid_root in conf/local/default.yaml)."
+            f"synthetic generator, so {root} looks like a real dataset or other data. The "
+            "generator deletes and rewrites its folder: point the synthetic data's root to an "
+            "empty or synthetic-only folder (data.root, by default data/synthetic_sid); for a "
+            "real SID tree use data=sid (machine-wide: paths.sid_root in conf/local/default.yaml)."
         )
 
 

@@ -251,6 +251,28 @@ def test_refuses_a_sid_style_tree_of_dngs_it_did_not_write(tmp_path: Path) -> No
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # untouched
 
 
+@pytest.mark.parametrize("foreign", ["notes.txt", "project/", "Sony/README"])
+def test_refuses_a_folder_holding_anything_it_did_not_write(tmp_path: Path, foreign: str) -> None:
+    """Not only SID-style files: data.root=~ or a project folder must not receive the set."""
+    root = tmp_path / "home"
+    path = root / foreign.rstrip("/")
+    if foreign.endswith("/"):
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True)
+        path.write_text("someone's")
+    (root / ".bashrc").write_text("hidden entries are not counted\n")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(SyntheticLayoutError, match=rf"^{re.escape(str(path))} was not written by "
+                                                   r"darkraw's synthetic generator, so .* looks "
+                                                   r"like a real dataset or other data"):
+        generate_synthetic_sid(root, **TINY)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    path.unlink() if path.is_file() else path.rmdir()
+    assert generate_synthetic_sid(root, **TINY) == root  # only hidden entries: its own to use
+    assert (root / ".bashrc").read_text() == "hidden entries are not counted\n"
+
+
 def test_an_interrupted_generation_is_still_its_own_to_redo(tmp_path: Path) -> None:
     root = generate_synthetic_sid(tmp_path / "set", **TINY)
     (root / MARKER_NAME).unlink()  # as if killed before the marker was written
