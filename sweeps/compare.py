@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 
 from darkraw.cli import at_least_one
 from darkraw.plots import read_metrics
+from darkraw.suggest import did_you_mean
 from sweeps.job_status import (
     COMPLETED,
     FAILED,
@@ -825,8 +826,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m sweeps.compare",
         description="Compare the jobs of a Hydra multirun from their files (offline).")
     parser.add_argument("sweep_dir", type=Path, help="the multirun folder Hydra printed")
-    parser.add_argument("--seed-key", default="seed",
-                        help="override key of the seed axis to average over (default: seed)")
+    parser.add_argument("--seed-key", default=None,
+                        help="override key of the seed axis to average over (default: seed, "
+                             "where the sweep sweeps it); a key the sweep does not sweep is "
+                             "refused")
     parser.add_argument("--min-psnr-rise", type=finite, default=defaults.min_psnr_rise_db,
                         help="dB the best val PSNR must rise above the first (with SSIM)")
     parser.add_argument("--min-ssim-rise", type=finite, default=defaults.min_ssim_rise,
@@ -845,15 +848,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def unswept_seed_key(comparison: Comparison, key: str) -> str:
+    """Why ``--seed-key key`` cannot be averaged over, and what would be."""
+    swept = list(comparison.swept_keys)
+    if key in comparison.common:
+        why = f"every job has {comparison.common[key]}: there is nothing to average over"
+    else:
+        hint = did_you_mean(key, swept, "--seed-key ")
+        why = f"no job of the sweep sets {key}" + (f" ({hint})" if hint else "")
+    return (f"--seed-key {key}: {why}; the sweep's swept keys are "
+            f"{', '.join(swept) if swept else 'none'} (leave --seed-key out to compare the jobs "
+            "one by one)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rule = LearningRule(min_psnr_rise_db=args.min_psnr_rise, min_ssim_rise=args.min_ssim_rise,
                         min_gain_over_input_db=args.min_gain_over_input,
                         min_val_points=args.min_val_points)
     try:
-        comparison = collect(args.sweep_dir, rule=rule, seed_key=args.seed_key)
+        comparison = collect(args.sweep_dir, rule=rule, seed_key=args.seed_key or "seed")
     except FileNotFoundError as error:
         print(f"darkraw: error: {error}", file=sys.stderr)
+        return 1
+    if args.seed_key is not None and comparison.seed_key is None:
+        # Accepted silently, the seed table was simply missing: a typo looked like "no seeds".
+        print(f"darkraw: error: {unswept_seed_key(comparison, args.seed_key)}", file=sys.stderr)
         return 1
     write_all(comparison, plots=not args.no_plots)
     if not args.quiet:

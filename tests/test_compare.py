@@ -186,6 +186,29 @@ def test_seed_axis_gives_mean_and_sample_std(tmp_path: Path) -> None:
     assert "Common to all jobs: `+sweep=rdb_seeds`" in markdown  # with its `+`, as typed
 
 
+def test_a_seed_key_the_sweep_does_not_sweep_is_refused_by_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was accepted in silence: the seed table was just not there, as if it had no seeds."""
+    write_multirun(tmp_path, ["model.rdb=after,before", "data.seed=1,2", "trainer.max_steps=300"])
+    for num, (rdb, seed) in enumerate([("after", 1), ("after", 2), ("before", 1),
+                                       ("before", 2)]):
+        write_job(tmp_path, [f"model.rdb={rdb}", f"data.seed={seed}", "trainer.max_steps=300"],
+                  num)
+    assert main([str(tmp_path), "--quiet", "--no-plots", "--seed-key", "data.sed"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "darkraw: error: --seed-key data.sed: no job of the sweep sets data.sed (did you mean "
+        "--seed-key data.seed?); the sweep's swept keys are model.rdb, data.seed (leave "
+        "--seed-key out to compare the jobs one by one)")
+    assert main([str(tmp_path), "--quiet", "--no-plots", "--seed-key",
+                 "trainer.max_steps"]) == 1
+    assert "every job has trainer.max_steps=300: there is nothing to average over" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "comparison.md").exists()
+    assert main([str(tmp_path), "--quiet", "--no-plots", "--seed-key", "data.seed"]) == 0
+    assert (tmp_path / "comparison_seeds.csv").is_file()
+    assert main([str(tmp_path), "--quiet", "--no-plots"]) == 0  # no `seed` axis: no table
+
+
 def test_failed_unfinished_and_never_started_jobs_are_listed(tmp_path: Path) -> None:
     write_multirun(tmp_path, ["model.rdb=after,before", "seed=1,2"])
     write_job(tmp_path, ["model.rdb=after", "seed=1"], 0)
