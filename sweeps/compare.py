@@ -363,9 +363,14 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
                                 status=NOT_STARTED))
     if not jobs and (sweep_dir / ".hydra" / "overrides.yaml").is_file():
         # A job's (or a single run's) own folder: its .hydra is there, but no jobs below it.
+        parent = sweep_dir.resolve().parent
+        if launched_as_multirun(sweep_dir):
+            raise FileNotFoundError(f"{sweep_dir} is one job's folder, not a sweep's: pass the "
+                                    f"sweep folder that holds the job folders, {parent}")
         raise FileNotFoundError(
-            f"{sweep_dir} is one run's folder, not a sweep's: pass the sweep folder that holds "
-            f"the job folders (for a job of a sweep: {sweep_dir.resolve().parent})")
+            f"{sweep_dir} is a single run's folder (train.py without -m), not a sweep's: its "
+            "learning curve is learning_curve.png and csv/metrics.csv there; to compare it "
+            f"with the experiment's other runs, pass the folder that holds them, {parent}")
     if not jobs:
         raise FileNotFoundError(
             f"{sweep_dir} holds no job folders (no .hydra/overrides.yaml below it): pass the "
@@ -390,6 +395,15 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
     if seed:
         comparison.seed_rows = aggregate_seeds(comparison)
     return comparison
+
+
+def launched_as_multirun(job_dir: Path) -> bool:
+    """Whether Hydra recorded the folder's launch as a job of a multirun (``hydra.mode``)."""
+    try:
+        recorded = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml")
+    except Exception:  # no or an unreadable record: treated as the more common single run
+        return False
+    return str(OmegaConf.select(recorded, "hydra.mode", default="")).upper() == "MULTIRUN"
 
 
 def refuse_several_sweeps(folder: Path) -> None:

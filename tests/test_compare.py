@@ -251,10 +251,19 @@ def test_missing_or_empty_folder_is_an_error(tmp_path: Path, capsys) -> None:
 def test_a_job_folder_or_a_file_is_named_as_such(tmp_path: Path, capsys) -> None:
     """Passing a job's folder instead of its sweep's must not say it holds no .hydra."""
     job = write_job(tmp_path / "sweep", ["model.rdb=after"], 0)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n  job:\n    num: 0\n")
     assert main([str(job), "--quiet", "--no-plots"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("darkraw: error: ") and err.count("\n") == 1
-    assert "is one run's folder, not a sweep's" in err and str(tmp_path / "sweep") in err
+    assert err.strip().endswith(f"is one job's folder, not a sweep's: pass the sweep folder "
+                                f"that holds the job folders, {tmp_path / 'sweep'}")
+    # A single run's folder (hydra.mode RUN) is not called a job of a sweep.
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    assert main([str(job), "--quiet", "--no-plots"]) == 1
+    err = capsys.readouterr().err
+    assert "is a single run's folder (train.py without -m), not a sweep's" in err
+    assert err.strip().endswith(f"pass the folder that holds them, {tmp_path / 'sweep'}")
+    assert main([str(tmp_path / "sweep"), "--quiet", "--no-plots"]) == 0  # as it says
     assert main([str(job / ".hydra" / "overrides.yaml"), "--quiet"]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err
 
