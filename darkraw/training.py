@@ -54,7 +54,7 @@ from darkraw.errors import ConfigError
 from darkraw.health import raise_if_unhealthy
 from darkraw.instantiate import check_argument_types, check_values, instantiate_checked
 from darkraw.logging_steps import off_the_logging_steps
-from darkraw.plots import plot_learning_curve
+from darkraw.plots import plot_learning_curve, read_metrics
 from darkraw.preflight import check_preflight_options, global_rank_from_env, run_preflight
 from darkraw.resume import (
     check_resume_checkpoint,
@@ -88,6 +88,9 @@ class RunSummary:
     wandb_dir: Path | None = None
     global_step: int = 0
     wall_seconds: float = 0.0
+    #: Optimiser steps done at the last validation, where this launch ran none (its figures
+    #: come from the run's metrics CSV: a relaunch of a finished run validates nothing).
+    earlier_validation_step: int | None = None
 
 
 def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
@@ -580,12 +583,41 @@ def summarise(trainer: L.Trainer, output_dir: Path, loggers: list[Logger],
             csv_path = Path(logger.log_dir) / "metrics.csv"
             if csv_path.is_file():
                 summary.metrics_csv = csv_path
+                fill_in_last_validation(summary, csv_path)
                 summary.learning_curve = plot_learning_curve(
                     csv_path, output_dir / "learning_curve.png", title=output_dir.name
                 )
         if isinstance(logger, WandbLogger):
             summary.wandb_dir = Path(logger.experiment.dir).parent
     return summary
+
+
+#: The validation figures the summary reports, read back from the CSV when this launch has none.
+LAST_VALIDATION_KEYS = ("val/psnr", "val/ssim", "val/psnr_input")
+
+
+def fill_in_last_validation(summary: RunSummary, metrics_csv: Path) -> None:
+    """A relaunch that finds training finished validates nothing: report the run's last
+    validation, from its metrics file, rather than a summary without any figure."""
+    if LAST_VALIDATION_KEYS[0] in summary.metrics:
+        return
+    series, _ = read_metrics(metrics_csv)
+    last = series.get(LAST_VALIDATION_KEYS[0])
+    if not last:
+        return
+    step = last[-1][0]
+    for key in LAST_VALIDATION_KEYS:
+        value = dict(series.get(key, [])).get(step)
+        if value is not None and key not in summary.metrics:
+            summary.metrics[key] = value
+    summary.earlier_validation_step = step + 1  # logged steps count from 0, as in compare
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``2.1 h``: a relaunch that only reports took "0.0 min"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def wandb_sync_command(segment: Path) -> str:
@@ -616,6 +648,9 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
         line = f"{psnr:.2f} dB"
         if baseline is not None:
             line += f" (amplified input: {baseline:.2f} dB, gain {psnr - baseline:+.2f} dB)"
+        if summary.earlier_validation_step is not None:
+            line += (f", validated after step {summary.earlier_validation_step} by an earlier "
+                     "launch")
         rows.append(("last val PSNR", line))
     if "val/ssim" in summary.metrics:
         rows.append(("last val SSIM", f"{summary.metrics['val/ssim']:.4f}"))
@@ -629,7 +664,7 @@ def print_summary(summary: RunSummary, input_baseline_key: str = "val/psnr_input
         rows.append(("browse offline", f"wandb leet {shlex.quote(str(summary.wandb_dir.parent))}"))
     width = max(len(label) for label, _ in rows)
     lines = [f"darkraw: run finished at step {summary.global_step} "
-             f"({summary.wall_seconds / 60:.1f} min)"]
+             f"(this launch: {duration(summary.wall_seconds)})"]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows if value]
     print("\n".join(lines), file=sys.stderr, flush=True)
 

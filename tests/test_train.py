@@ -451,6 +451,21 @@ def test_the_summary_lists_only_files_that_exist(tmp_path: Path,
     assert f"validation images  {tmp_path / 'images'}" in capsys.readouterr().err
 
 
+def test_a_relaunch_of_a_finished_run_reports_its_last_validation(synthetic_sid: Path,
+                                                                  tmp_path: Path) -> None:
+    """It trains and validates nothing, and its summary had no figure at all ("0.0 min")."""
+    overrides = [*FAST_TRAIN, "trainer.max_steps=2", *data_overrides(synthetic_sid, tmp_path)]
+    first = run_entry_point("train.py", *overrides).stderr
+    psnr = re.search(r"last val PSNR +([0-9.]+ dB \(amplified input: [^)]*\))", first)
+    ssim = re.search(r"last val SSIM +([0-9.]+)", first)
+    assert psnr and ssim, first[-3000:]
+    again = run_entry_point("train.py", *overrides).stderr
+    assert re.search(r"darkraw: run finished at step 2 \(this launch: \d+ s\)", again), again
+    assert (f"last val PSNR      {psnr.group(1)}, validated after step 2 by an earlier launch"
+            in again), again[-3000:]
+    assert f"last val SSIM      {ssim.group(1)}" in again
+
+
 def test_warnings_reach_the_jobs_log_file(synthetic_sid: Path, tmp_path: Path) -> None:
     """On a cluster the job's log file is the record: warnings belong in it, once on screen."""
     proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
