@@ -743,7 +743,8 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     check_patch_size(cfg.data.get("patch_size"), loss_cfg.win_size,
                      ms_ssim_min_side(loss_cfg.win_size))
     # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
-    L.seed_everything(seed, workers=True)
+    # Said once the launch is accepted (below): a config error would come after the line.
+    L.seed_everything(seed, workers=True, verbose=False)
     module = build_module(cfg)
     ckpt_dir = checkpoint_dir(cfg, output_dir)
     requeue_dir = Path(cfg.trainer.get("default_root_dir") or output_dir)
@@ -764,6 +765,7 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     del resumed  # the optimizer state is Lightning's to load, from the file
     if on_accepted is not None:
         on_accepted()
+    log.info("Seed set to %d (initial weights, training patches and flips)", seed)
     if global_rank_from_env() == 0:
         # The data is made ready (generated, cached, opened) before any logger exists: a listed
         # file that is missing, a damaged cache or a patch larger than the images then fails

@@ -244,6 +244,7 @@ def test_a_refused_relaunch_leaves_the_finished_run_as_it_was(synthetic_sid: Pat
     proc = run_entry_point("train.py", *overrides, "data.num_workers=-1", check=False)
     assert proc.returncode == 1 and "darkraw: error: data.num_workers=-1 must be >= 0" in \
         proc.stderr, proc.stderr[-3000:]
+    assert "Seed set to" not in proc.stdout + proc.stderr  # no line of a run that never was
     assert only_run_dir(tmp_path) == run_dir
     assert {name: (run_dir / name).read_bytes() for name in records} == before
     assert not (run_dir / "FAILED").exists() and not (run_dir / "traceback.txt").exists()
