@@ -7,7 +7,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from darkraw.errors import DiskSpaceError
@@ -53,18 +53,22 @@ def free_gb(path: str | Path) -> float:
 
 
 @contextlib.contextmanager
-def replaced_when_complete(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
+def replaced_when_complete(path: str | Path, suffix: str = ".partial",
+                           partial_name: Callable[[Path], Path] | None = None) -> Iterator[Path]:
     """A hidden sibling of ``path`` to write instead; renamed over ``path`` when the block ends
     without an exception, deleted otherwise.
 
     A crash, a full disk or a Ctrl-C mid-write then leaves neither a truncated file under the
     real name (that a later look would take as finished) nor the previous file deleted; and no
     temporary file piles up beside it either (only a SIGKILL can leave one, ending in
-    ``suffix``, for a clean-up to recognise). Its name is unique per process and call.
+    ``suffix``, for a clean-up to recognise). Its name is unique per process and call;
+    ``partial_name(path)`` names it instead where a clean-up needs more in the name (the data
+    cache's: the host, on a file system that several machines share).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+    partial = (partial_name(path) if partial_name is not None else
+               path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"))
     try:
         yield partial
         os.replace(partial, path)

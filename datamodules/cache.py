@@ -44,7 +44,7 @@ import rawpy
 from tqdm import tqdm
 
 from darkraw.cli import at_least_one
-from darkraw.disk import GB, ensure_free_space, free_gb, is_disk_full
+from darkraw.disk import GB, ensure_free_space, free_gb, is_disk_full, replaced_when_complete
 from darkraw.errors import ConfigError, DarkrawError, DataError, DiskSpaceError
 from datamodules.amplification import (
     DEFAULT_M,
@@ -220,18 +220,12 @@ def _temp_name(final: Path) -> Path:
 
 @contextlib.contextmanager
 def _atomic_file(final: Path) -> Iterator[Any]:
-    """Write to a temp file beside ``final`` and rename it into place only when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(final)
-    try:
-        with open(tmp, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """An open temp file beside ``final``, on disk (fsync) before it is renamed into place: a
+    power loss must not leave a renamed but empty entry that the manifest counts as built."""
+    with replaced_when_complete(final, partial_name=_temp_name) as tmp, open(tmp, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_npy(handle: Any, array: np.ndarray) -> None:
