@@ -279,8 +279,23 @@ def unreadable_override(overrides: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+def repeated_overrides(argv: Sequence[str]) -> list[str]:
+    """One warning per key given more than once: Hydra keeps the last value without a word, so
+    ``data.batch_size=16 ... data.batch_size=8`` (a command built up by hand or by a script)
+    trained with 8 while the command line also read 16."""
+    given: dict[str, list[str]] = {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue  # flags (-m, --cfg job) and their values
+        given.setdefault(arg.split("=", 1)[0].lstrip("+~"), []).append(arg)
+    return [f"{key} is given {len(args)} times ({', then '.join(args)}): only the last counts"
+            for key, args in given.items() if len(args) > 1]
+
+
 def exit_on_composition_error(config_name: str, argv: Sequence[str]) -> None:
     """Before ``@hydra.main``: a wrong override ends in one line, as every other user error."""
+    for warning in repeated_overrides(argv):
+        print(f"darkraw: warning: {warning}", file=sys.stderr)
     message = composition_error(config_name, argv)
     if message:
         exit_with_user_error(ConfigError(message))

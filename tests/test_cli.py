@@ -146,6 +146,16 @@ def test_good_overrides_flags_and_sweeps_are_left_to_hydra(overrides: list[str])
     assert composition_error("train", overrides) is None
 
 
+def test_a_key_given_twice_is_warned_about_with_the_value_that_counts() -> None:
+    from darkraw.cli import repeated_overrides
+
+    assert repeated_overrides(["data.batch_size=16", "model.rdb=after", "+data.batch_size=8",
+                               "-m", "--cfg", "job", "seed=1,2"]) == [
+        "data.batch_size is given 2 times (data.batch_size=16, then +data.batch_size=8): only "
+        "the last counts"]
+    assert repeated_overrides(["data.batch_size=16", "data.patch_size=256", "-m"]) == []
+
+
 def test_a_full_disk_anywhere_is_one_line_naming_the_file(capsys: pytest.CaptureFixture[str]
                                                           ) -> None:
     """/dev/full fails every write with ENOSPC, as a full disk does."""

@@ -245,6 +245,9 @@ def test_a_refused_relaunch_leaves_the_finished_run_as_it_was(synthetic_sid: Pat
     assert proc.returncode == 1 and "darkraw: error: data.num_workers=-1 must be >= 0" in \
         proc.stderr, proc.stderr[-3000:]
     assert "Seed set to" not in proc.stdout + proc.stderr  # no line of a run that never was
+    # FAST_TRAIN has data.num_workers=0 too: Hydra takes the last without a word, darkraw warns.
+    assert ("darkraw: warning: data.num_workers is given 2 times (data.num_workers=0, then "
+            "data.num_workers=-1): only the last counts") in proc.stderr
     assert only_run_dir(tmp_path) == run_dir
     assert {name: (run_dir / name).read_bytes() for name in records} == before
     assert not (run_dir / "FAILED").exists() and not (run_dir / "traceback.txt").exists()
