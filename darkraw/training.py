@@ -746,6 +746,9 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     # Said once the launch is accepted (below): a config error would come after the line.
     L.seed_everything(seed, workers=True, verbose=False)
     module = build_module(cfg)
+    # Before resume_checkpoint: resume=false sets the previous run aside, which a bad data
+    # setting (data.num_workers=-1) must not get to do.
+    datamodule = instantiate_checked(cfg.data, _convert_="all")
     ckpt_dir = checkpoint_dir(cfg, output_dir)
     requeue_dir = Path(cfg.trainer.get("default_root_dir") or output_dir)
     ckpt_path = resume_checkpoint(cfg.get("resume", "auto"), ckpt_dir, requeue_dir,
@@ -758,7 +761,6 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     if ckpt_path is None and HydraConfig.initialized() and not is_multirun():
         hint_at_the_run_to_train_longer(output_dir)
 
-    datamodule = instantiate_checked(cfg.data, _convert_="all")
     # Before anything is trained or logged: a resume under other settings is refused by name.
     check_resume_settings(ckpt_path, resumed, module.hparams,
                           getattr(datamodule, "hparams", None), run_identity_exclusions())

@@ -251,6 +251,13 @@ def test_a_refused_relaunch_leaves_the_finished_run_as_it_was(synthetic_sid: Pat
     assert only_run_dir(tmp_path) == run_dir
     assert {name: (run_dir / name).read_bytes() for name in records} == before
     assert not (run_dir / "FAILED").exists() and not (run_dir / "traceback.txt").exists()
+    # Nor does resume=false get to set the run aside before the mistake is found.
+    proc = run_entry_point("train.py", *overrides, "resume=false", "data.num_workers=-1",
+                           check=False)
+    assert proc.returncode == 1 and "data.num_workers=-1 must be >= 0" in proc.stderr
+    assert not list(run_dir.glob("replaced-*"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert {name: (run_dir / name).read_bytes() for name in records} == before
     # The same command without the mistake is accepted again, and records its own launch.
     run_entry_point("train.py", *overrides, "data.num_workers=1")
     assert json.loads((run_dir / "job_status.json").read_text())["attempts"] == 2
