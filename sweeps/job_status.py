@@ -110,6 +110,15 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
+def _copy_yaml_files(source: Path, target: Path) -> None:
+    """The ``.yaml`` files directly in ``source``, copied into ``target`` (made if need be)."""
+    files = sorted(p for p in source.glob("*.yaml") if p.is_file()) if source.is_dir() else []
+    if files:
+        target.mkdir(exist_ok=True)
+    for path in files:
+        (target / path.name).write_bytes(path.read_bytes())
+
+
 def read_status(job_dir: str | Path) -> dict[str, Any] | None:
     """The job's ``job_status.json`` as a dict, or None when missing or unreadable."""
     path = Path(job_dir) / STATUS_FILE
@@ -250,16 +259,9 @@ class JobStatus:
         """The launch passed every start-up check: keep its ``.hydra`` files as the folder's
         accepted record, which :meth:`rejected` puts back after a refused relaunch."""
         self.accepted_launch = True
-        if not self.enabled:
-            return
-        hydra_dir = self.output_dir / HYDRA_SUBDIR
-        accepted = hydra_dir / ACCEPTED_SUBDIR
-        files = [p for p in hydra_dir.glob("*.yaml") if p.is_file()] if hydra_dir.is_dir() else []
-        if not files:
-            return
-        accepted.mkdir(exist_ok=True)
-        for path in files:
-            (accepted / path.name).write_bytes(path.read_bytes())
+        if self.enabled:
+            hydra_dir = self.output_dir / HYDRA_SUBDIR
+            _copy_yaml_files(hydra_dir, hydra_dir / ACCEPTED_SUBDIR)
 
     def rejected(self, job_log: str | None = None) -> None:
         """Undo this launch's traces after a config check refused it, before anything ran.
@@ -277,9 +279,8 @@ class JobStatus:
                     (self.output_dir / name).unlink(missing_ok=True)
                 else:
                     (self.output_dir / name).write_bytes(content)
-            accepted = self.output_dir / HYDRA_SUBDIR / ACCEPTED_SUBDIR
-            for path in sorted(accepted.glob("*.yaml")) if accepted.is_dir() else []:
-                (accepted.parent / path.name).write_bytes(path.read_bytes())
+            hydra_dir = self.output_dir / HYDRA_SUBDIR
+            _copy_yaml_files(hydra_dir / ACCEPTED_SUBDIR, hydra_dir)
             return
         for name in (*_OWN_FILES, *([job_log] if job_log else [])):
             (self.output_dir / name).unlink(missing_ok=True)
