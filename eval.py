@@ -26,6 +26,7 @@ import darkraw.resolvers  # noqa: F401  (registers the config resolvers)
 from darkraw.cli import (
     exit_on_composition_error,
     exit_with_user_error,
+    override_key,
     quote_path_arguments_in_sys_argv,
     require_set,
     run_reporting_user_errors,
@@ -63,7 +64,7 @@ def check_no_train_only_overrides(argv: Sequence[str], conf: Path = CONF) -> Non
     for arg in argv:
         if arg.startswith("-"):
             continue
-        key = arg.partition("=")[0].lstrip("+~")
+        key = override_key(arg)
         group = key.replace("/", ".").split(".")[0]
         if group in groups:
             raise ConfigError(

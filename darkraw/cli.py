@@ -172,7 +172,7 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
             return None
         group, option = missing.rsplit("/", 1)
         typed = next((a.split("=", 1)[0] for a in overrides
-                      if a.split("=", 1)[0].lstrip("+~") == group), group)
+                      if override_key(a) == group), group)
         hint = did_you_mean(option, options, f"{typed}=")
         return (f"{typed}={option} is not an option of the {group} group: choose one of "
                 f"{options}" + (f" ({hint})" if hint else ""))
@@ -279,6 +279,11 @@ def unreadable_override(overrides: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+def override_key(override: object) -> str:
+    """The key an override names, without Hydra's ``+``, ``++`` or ``~``: ``+a.b=1`` is ``a.b``."""
+    return str(override).partition("=")[0].lstrip("+~")
+
+
 def repeated_overrides(argv: Sequence[str]) -> list[str]:
     """One warning per key given more than once: Hydra keeps the last value without a word, so
     ``data.batch_size=16 ... data.batch_size=8`` (a command built up by hand or by a script)
@@ -287,7 +292,7 @@ def repeated_overrides(argv: Sequence[str]) -> list[str]:
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue  # flags (-m, --cfg job) and their values
-        given.setdefault(arg.split("=", 1)[0].lstrip("+~"), []).append(arg)
+        given.setdefault(override_key(arg), []).append(arg)
     return [f"{key} is given {len(args)} times ({', then '.join(args)}): only the last counts"
             for key, args in given.items() if len(args) > 1]
 

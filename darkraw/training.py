@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.last_checkpoint import LastCheckpoint
+from darkraw.cli import override_key
 from darkraw.csv_logger import ResumableCSVLogger
 from darkraw.disk import GB, ensure_free_space
 from darkraw.distributed import (
@@ -433,7 +434,7 @@ def wandb_tags(name: str, configured: list[str], overrides: list[str]) -> list[s
     excluded: set[str] = set()
     if HydraConfig.initialized():
         excluded = set(HydraConfig.get().job.config.override_dirname.exclude_keys or [])
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded]
+    kept = [o for o in overrides if override_key(o) not in excluded]
     tags = {str(t) for t in (*configured, name, *kept) if str(t)}
     return sorted(t if len(t) <= WANDB_TAG_MAX else t[: WANDB_TAG_MAX - 3] + "..." for t in tags)
 

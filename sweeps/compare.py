@@ -41,7 +41,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from darkraw.cli import at_least_one
+from darkraw.cli import at_least_one, override_key
 from darkraw.plots import read_metrics
 from darkraw.suggest import did_you_mean
 from sweeps.job_status import (
@@ -268,10 +268,6 @@ class Plan:
     typed: dict[str, str] = field(default_factory=dict)
 
 
-def _key(override: str) -> str:
-    return str(override).partition("=")[0].lstrip("+~")
-
-
 def sweep_command(task: Sequence[str], hydra_overrides: Sequence[str], sweep_dir: Path) -> str:
     """``python train.py -m`` with the overrides as typed, and the sweep folder.
 
@@ -284,7 +280,7 @@ def sweep_command(task: Sequence[str], hydra_overrides: Sequence[str], sweep_dir
     arguments = list(task)
     has_dir = False
     for override in hydra_overrides:
-        key = _key(override)
+        key = override_key(override)
         if key == "hydra.mode":
             continue
         if key == "hydra.sweep.dir":
@@ -315,7 +311,7 @@ def planned_jobs(sweep_dir: Path) -> Plan:
         hydra_overrides = [str(o) for o in
                            OmegaConf.select(config, "hydra.overrides.hydra", default=[])]
         plan.command = sweep_command(task, hydra_overrides, sweep_dir)
-        plan.typed = {_key(o): o for o in task}
+        plan.typed = {override_key(o): o for o in task}
         sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
         sweeper = OmegaConf.to_container(sweeper, resolve=False) if sweeper is not None else {}
         params = sweeper.get("params") or {}
@@ -435,7 +431,7 @@ def sweep_axes(jobs: Sequence[Job],
         keys += [k for k in params if k not in keys]
     swept = [k for k in keys if k in swept_in_plan
              or len({p.get(k) for p in all_params}) > 1]
-    first = {_key(o): str(o) for o in jobs[0].overrides}
+    first = {override_key(o): str(o) for o in jobs[0].overrides}
     common = {k: first[k] for k in keys if k not in swept and k in first}
     return swept, common
 
