@@ -16,6 +16,7 @@ import rawpy
 import torch
 
 from darkraw.errors import DataError
+from datamodules.libraw_messages import libraw_output
 
 #: Both image sides are cropped to a multiple of this (the network downsamples by 32).
 CROP_MULTIPLE = 32
@@ -73,32 +74,49 @@ def cropped_shape(height: int, width: int, multiple: int = CROP_MULTIPLE) -> tup
     return (height // multiple) * multiple, (width // multiple) * multiple
 
 
+def _libraw_reason(exc: BaseException, said: list[str]) -> str:
+    """rawpy's error (its message is bytes: ``b'Input/output error'``) and what LibRaw printed."""
+    message = exc.args[0] if len(exc.args) == 1 else exc
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", errors="replace")
+    reason = f"{type(exc).__name__}: {message}"
+    return reason + "".join(f"; LibRaw: {line}" for line in said)
+
+
 @contextmanager
 def open_raw(path: str | Path) -> Iterator[rawpy.RawPy]:
-    """Open ``path`` with rawpy, turning LibRaw's anonymous errors into ones naming the file."""
+    """Open ``path`` with rawpy, turning LibRaw's anonymous errors into ones naming the file.
+
+    What LibRaw prints on stderr about the file (``Unexpected end of file``) goes into the error
+    instead of standing apart from it on the terminal (:mod:`datamodules.libraw_messages`).
+    """
     path = Path(path)
     if not path.is_file():
         raise RawReadError(
             f"raw file not found: {path}. Check the dataset root and that the download is complete."
         )
+    said: list[str] = []
     try:
-        raw = rawpy.imread(str(path))
+        with libraw_output(path) as said:
+            raw = rawpy.imread(str(path))
     except rawpy.LibRawFileUnsupportedError as exc:
         raise RawReadError(
-            f"cannot decode {path}: LibRaw does not recognise it as a raw file ({exc!s}). "
-            "The file is probably corrupt or not a camera raw; re-download or delete it."
+            f"cannot decode {path}: LibRaw does not recognise it as a raw file "
+            f"({_libraw_reason(exc, said)}). The file is probably corrupt or not a camera raw; "
+            "re-download or delete it."
         ) from exc
     except (rawpy.LibRawError, OSError) as exc:
         raise RawReadError(
-            f"cannot decode {path}: {type(exc).__name__}: {exc!s}. The file is probably truncated "
+            f"cannot decode {path}: {_libraw_reason(exc, said)}. The file is probably truncated "
             f"or corrupt (size {path.stat().st_size} bytes); re-download it."
         ) from exc
     try:
-        yield raw
+        with libraw_output(path) as said:
+            yield raw
     except rawpy.LibRawError as exc:
         raise RawReadError(
-            f"cannot decode {path}: {type(exc).__name__}: {exc!s}. The file is probably truncated "
-            "or corrupt; re-download it."
+            f"cannot decode {path}: {_libraw_reason(exc, said)}. The file is probably truncated "
+            f"or corrupt (size {path.stat().st_size} bytes); re-download it."
         ) from exc
     finally:
         raw.close()

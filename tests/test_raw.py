@@ -105,12 +105,17 @@ def test_missing_file(tmp_path: Path) -> None:
         read_raw(tmp_path / "nothing.ARW")
 
 
-def test_truncated_and_garbage_files(tmp_path: Path) -> None:
+def test_truncated_and_garbage_files(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     path = write_dng(tmp_path / "00001_00_0.1s.dng", site_mosaic(128, 192))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(RawReadError, match=r"cannot decode .*00001_00_0\.1s\.dng.*truncated"):
+    truncated = r"cannot decode .*00001_00_0\.1s\.dng.*truncated"
+    with pytest.raises(RawReadError, match=truncated) as err:
         read_raw(path)
+    # LibRaw's own line (C code, straight to fd 2) is part of the error, not a stray line beside it;
+    # rawpy's bytes message is shown as text.
+    assert "LibRawIOError: Input/output error; LibRaw: Unexpected end of file" in str(err.value)
+    assert "Unexpected end of file" not in capfd.readouterr().err
     with pytest.raises(RawReadError, match=r"00001_00_0\.1s\.dng"):
         render_target(path)
     junk = tmp_path / "junk.ARW"
@@ -153,3 +158,28 @@ def test_a_white_level_not_above_the_black_level_names_the_file(tmp_path: Path) 
     with pytest.raises(RawReadError, match=r"levels\.dng gives white level 700 and black levels "
                                            r"800, 800, 800, 800: the white level must be above"):
         read_raw(path)
+
+
+def test_libraw_output_passes_on_what_is_not_a_failed_files_complaint(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Captured fd-2 output that is not LibRaw's complaint about a file that failed is written to
+    stderr after the read: nothing another thread (or LibRaw, on a file that decoded) wrote is
+    lost."""
+    import os
+
+    from datamodules.libraw_messages import libraw_output
+
+    path = tmp_path / "a.dng"
+    with libraw_output(path) as said:
+        os.write(2, f"{path}: a note on a file that decoded\n".encode())
+    assert said == [] and f"{path}: a note on a file that decoded" in capfd.readouterr().err
+    with pytest.raises(rawpy.LibRawIOError), libraw_output(path) as said:
+        os.write(2, f"{path}: Unexpected end of file\nanother thread's line\n".encode())
+        raise rawpy.LibRawIOError(b"Input/output error")
+    assert said == ["Unexpected end of file"]
+    err = capfd.readouterr().err
+    assert "another thread's line" in err and "Unexpected end of file" not in err
+    with pytest.raises(ValueError), libraw_output(path) as said:  # not LibRaw's failure
+        os.write(2, f"{path}: kept\n".encode())
+        raise ValueError
+    assert said == [] and f"{path}: kept" in capfd.readouterr().err
