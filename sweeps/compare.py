@@ -1,6 +1,6 @@
 """Compare the jobs of one Hydra multirun side by side, offline, from the files they leave.
 
-    python -m sweeps.compare outputs/multirun/2026-11-25/12-00-00
+    python -m sweeps.compare outputs/ablation_baseline/multirun/2026-11-25/12-00-00
     python -m sweeps.compare <sweep folder> --min-psnr-rise 1.0 --strict
 
 Reads, per job folder: ``.hydra/overrides.yaml`` (its swept values), ``.hydra/hydra.yaml`` (its
@@ -346,7 +346,7 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
     if not sweep_dir.is_dir():
         what = "is a file, not a folder" if sweep_dir.exists() else "does not exist"
         raise FileNotFoundError(f"{sweep_dir} {what}: pass the sweep folder Hydra printed "
-                                "(outputs/multirun/<date>/<time>)")
+                                "(outputs/<experiment>/multirun/<date>/<time>)")
     refuse_several_sweeps(sweep_dir)
     rule = rule or LearningRule()
     jobs = [read_job(d) for d in find_job_dirs(sweep_dir)]
@@ -370,7 +370,8 @@ def collect(sweep_dir: str | Path, rule: LearningRule | None = None,
     if not jobs:
         raise FileNotFoundError(
             f"{sweep_dir} holds no job folders (no .hydra/overrides.yaml below it): pass the "
-            "folder Hydra printed as the sweep's output (outputs/multirun/<date>/<time>)")
+            "folder Hydra printed as the sweep's output "
+            "(outputs/<experiment>/multirun/<date>/<time>)")
     jobs.sort(key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.name))
     for job in jobs:
         if job.status == COMPLETED and job.metrics_problem:
@@ -403,7 +404,7 @@ def launched_as_multirun(job_dir: Path) -> bool:
 
 
 def refuse_several_sweeps(folder: Path) -> None:
-    """Refuse a folder above sweeps (``outputs/multirun/<date>``, the time left off).
+    """Refuse a folder above sweeps (``outputs/<experiment>/multirun/<date>``, the time left off).
 
     Its jobs would be mixed into one table, seeds of different sweeps averaged together, with no
     command to continue any of them and a ``wandb sync`` pattern that matches none of the runs.

@@ -269,7 +269,7 @@ def test_a_job_folder_or_a_file_is_named_as_such(tmp_path: Path, capsys) -> None
 
 
 def test_a_folder_above_the_sweeps_is_refused(tmp_path: Path, capsys) -> None:
-    """``outputs/multirun/<date>`` (the time left off) would mix the jobs of several sweeps."""
+    """``outputs/<experiment>/multirun/<date>`` (the time left off) mixes several sweeps' jobs."""
     for name in ("12-00-00", "13-00-00"):
         write_job(tmp_path / name, ["model.rdb=after"], 0)
         write_multirun(tmp_path / name, ["model.rdb=after,before"])

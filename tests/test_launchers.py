@@ -164,7 +164,7 @@ def test_local_launcher_runs_a_two_job_sweep(synthetic_sid: Path, tmp_path: Path
         f"paths.root_dir={tmp_path}", *FAST_TRAIN, "trainer.max_steps=2",
         "preflight.enabled=false", "model.rdb=after,before", timeout=240,
     )
-    sweeps = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    sweeps = list((tmp_path / "outputs" / "quickstart" / "multirun").glob("*/*"))
     assert len(sweeps) == 1, proc.stdout[-3000:]
     sweep = sweeps[0]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -197,7 +197,7 @@ def test_ctrl_c_of_a_local_sweep_saves_every_job_and_says_how_to_continue(
     proc = start_train_py_process_group(args, tmp_path / "sweep.stdout", err)
     deadline = time.monotonic() + 240
     try:
-        while len([p for p in tmp_path.glob("outputs/multirun/*/*/*/csv/metrics.csv")
+        while len([p for p in tmp_path.glob("outputs/quickstart/multirun/*/*/*/csv/metrics.csv")
                    if "train/loss" in p.read_text() and p.read_text().count("\n") > 2]) < 2:
             assert proc.poll() is None, err.read_text()[-3000:]
             assert time.monotonic() < deadline, "the jobs did not start training in time"
@@ -210,7 +210,7 @@ def test_ctrl_c_of_a_local_sweep_saves_every_job_and_says_how_to_continue(
     stderr_text = err.read_text()
     assert proc.returncode == 130, stderr_text[-3000:]
     assert "Traceback" not in stderr_text and "KeyboardInterrupt" not in stderr_text
-    [sweep] = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    [sweep] = list((tmp_path / "outputs" / "quickstart" / "multirun").glob("*/*"))
     assert stderr_text.strip().splitlines() == [
         "darkraw: sweep stopped by Ctrl-C: 2 of 2 jobs interrupted, each with its last.ckpt "
         "saved at the step it reached",

@@ -124,6 +124,35 @@ def test_wandb_tags_fit_wandbs_limit() -> None:
 # ----------------------------------------------------------------------------- real sweeps
 
 
+@pytest.mark.parametrize(("args", "swept"), [
+    (["experiment=quickstart,paper", "model.rdb=after"], "experiment=quickstart,paper"),
+    (["+sweep=rdb", "experiment=quickstart,ablation_baseline"],
+     "experiment=quickstart,ablation_baseline"),
+    (["name=a,b"], "name=a,b"),
+])
+def test_sweeping_the_experiment_is_refused_before_any_job(tmp_path: Path, args: list[str],
+                                                           swept: str) -> None:
+    """Its jobs' folders are named without ``experiment``: both would be ``model.rdb=after/``."""
+    proc = run_entry_point("train.py", "-m", *args, f"paths.root_dir={tmp_path}", check=False,
+                           timeout=120)
+    key, values = swept.split("=")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"darkraw: error: {swept}: {key} cannot be swept (a sweep's "
+                                  "folder, outputs/<experiment>/multirun/"), proc.stderr
+    split = " and ".join(f"`-m ... {key}={value}`" for value in values.split(","))
+    assert f"Launch one sweep per value: {split}." in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_sweep_folders_of_two_experiments_differ() -> None:
+    """Two sweeps started in the same second shared ``multirun/<date>/<time>/`` before."""
+    folders = {compose_train([f"experiment={name}", "hydra.mode=MULTIRUN"]).hydra.sweep.dir
+               for name in ("quickstart", "ablation_baseline")}
+    assert len(folders) == 2, folders
+    assert all(f"/{name}/multirun/" in " ".join(folders)
+               for name in ("quickstart", "ablation_baseline")), folders
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One decoded cache for every sweep of this module (the first job builds it)."""
