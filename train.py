@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
@@ -19,6 +20,9 @@ from omegaconf import DictConfig
 import darkraw.resolvers  # noqa: F401  (registers the resolvers conf/hydra uses for folders)
 from darkraw.cli import disk_full_error, exit_on_composition_error, exit_with_user_error
 from darkraw.errors import ConfigError, DarkrawError
+
+if TYPE_CHECKING:
+    from darkraw.run_lock import RunFolderLock
 
 log = logging.getLogger("darkraw")
 #: What the same command does with what a stop before training left behind.
@@ -29,6 +33,32 @@ CONTINUES = ("a half-written synthetic set is written again, a half-built cache 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     # Imported here so `--help` and config errors from Hydra come back instantly.
+    from darkraw.run_lock import RunFolderInUse, RunFolderLock
+    from darkraw.training import is_multirun
+    from sweeps.job_status import failed_job_result, is_rank_zero, restore_accepted_hydra_files
+
+    # One training per folder. Extra DDP ranks share rank 0's folder, and its lock.
+    folder_lock = RunFolderLock(cfg.paths.output_dir)
+    try:
+        if is_rank_zero():
+            folder_lock.acquire()
+    except RunFolderInUse as error:
+        # The folder, its record and its files are the other launch's: only Hydra's rewrite of
+        # its .hydra files is undone.
+        restore_accepted_hydra_files(cfg.paths.output_dir)
+        if is_multirun():
+            log.error("job not started: %s", error)
+            return failed_job_result(error)
+        exit_with_user_error(error)
+    try:
+        return run_job(cfg, folder_lock)
+    finally:
+        folder_lock.release()  # the next job of a multirun runs in this process
+
+
+def run_job(cfg: DictConfig, folder_lock: RunFolderLock) -> float:
+    """The job, its record kept in ``job_status.json``; ``folder_lock`` is held throughout."""
+    from darkraw.run_lock import LOCK_NAME
     from darkraw.training import (
         is_multirun,
         job_log_name,
@@ -46,7 +76,8 @@ def main(cfg: DictConfig) -> float:
     except DarkrawError as error:
         if isinstance(error, ConfigError) and not status.accepted_launch and not is_multirun():
             # Refused at start: an earlier run in this folder keeps its record, a new folder goes.
-            status.rejected(job_log_name())
+            folder_lock.release()
+            status.rejected(job_log_name(), LOCK_NAME)
         else:
             status.failed(error)
         if is_multirun():

@@ -210,6 +210,16 @@ class Terminated(SystemExit):
         self.trained_step = trained_step
 
 
+def restore_accepted_hydra_files(job_dir: str | Path) -> None:
+    """Put back the ``.hydra`` files of the folder's last accepted launch.
+
+    Hydra rewrites them before train.py runs, so a launch refused at start would otherwise leave
+    its own settings in the record that ``sweeps.compare`` and ``eval.py`` read.
+    """
+    hydra_dir = Path(job_dir) / HYDRA_SUBDIR
+    _copy_yaml_files(hydra_dir / ACCEPTED_SUBDIR, hydra_dir)
+
+
 class JobStatus:
     """Writes a job's status file through its life; every method is a no-op off rank 0.
 
@@ -263,12 +273,13 @@ class JobStatus:
             hydra_dir = self.output_dir / HYDRA_SUBDIR
             _copy_yaml_files(hydra_dir, hydra_dir / ACCEPTED_SUBDIR)
 
-    def rejected(self, job_log: str | None = None) -> None:
+    def rejected(self, *launch_files: str | None) -> None:
         """Undo this launch's traces after a config check refused it, before anything ran.
 
         A folder with an earlier record gets back its record, markers and the ``.hydra`` files
         of its last accepted launch; a folder this launch made (it had no record) is removed
-        again, but only what Hydra and this module wrote there (``.hydra/``, ``job_log``).
+        again, but only what Hydra and this module wrote there (``.hydra/``) and
+        ``launch_files`` (the job's log, the run lock).
         """
         if not self.enabled or not self._found:  # start() did not look: nothing to undo
             return
@@ -279,10 +290,9 @@ class JobStatus:
                     (self.output_dir / name).unlink(missing_ok=True)
                 else:
                     (self.output_dir / name).write_bytes(content)
-            hydra_dir = self.output_dir / HYDRA_SUBDIR
-            _copy_yaml_files(hydra_dir / ACCEPTED_SUBDIR, hydra_dir)
+            restore_accepted_hydra_files(self.output_dir)
             return
-        for name in (*_OWN_FILES, *([job_log] if job_log else [])):
+        for name in (*_OWN_FILES, *(name for name in launch_files if name)):
             (self.output_dir / name).unlink(missing_ok=True)
         hydra_dir = self.output_dir / HYDRA_SUBDIR
         for path in sorted(hydra_dir.glob("*.yaml")) if hydra_dir.is_dir() else []:

@@ -216,6 +216,41 @@ def test_a_stop_signal_to_the_process_group_saves_and_resumes(
     assert load(last)["global_step"] == 60
 
 
+def test_a_second_launch_into_a_training_runs_folder_is_refused(
+        synthetic_sid: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """The same command in a second terminal: it would resume the first's last.ckpt, and both
+    would write the same checkpoints and metrics.csv."""
+    args = [*command(synthetic_sid, cache_dir, tmp_path), "preflight.enabled=false",
+            "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+            "callbacks.last_checkpoint.every_n_train_steps=2"]
+    err = tmp_path / "first.stderr"
+    first = start_train_py_process_group(args, tmp_path / "first.stdout", err)
+    deadline = time.monotonic() + 240
+    try:
+        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
+            assert first.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
+            time.sleep(0.05)
+        folder = output_dir(tmp_path)
+        record = (folder / "job_status.json").read_bytes()
+        overrides = (folder / ".hydra" / "overrides.yaml").read_bytes()
+        second = run_entry_point("train.py", *args, check=False, timeout=120)
+        assert first.poll() is None, "the first run must still be training"
+        assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+        assert (f"darkraw: error: {folder} is in use by another training (pid {first.pid} on "
+                in second.stderr), second.stderr
+        assert "Traceback" not in second.stderr
+        # The first run's record and its Hydra record are as it left them.
+        assert json.loads(record)["status"] == "running"
+        assert (folder / "job_status.json").read_bytes() == record
+        assert (folder / ".hydra" / "overrides.yaml").read_bytes() == overrides
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=120)
+    assert first.returncode == 143, err.read_text()[-3000:]
+    assert json.loads((folder / "job_status.json").read_text())["status"] == "interrupted"
+
+
 def test_the_run_to_train_longer_is_found_by_its_other_overrides(tmp_path: Path) -> None:
     """Only a folder differing in trainer.max_steps alone, and holding a checkpoint, is meant;
     keys that do not name folders (paths, workers) may differ."""
