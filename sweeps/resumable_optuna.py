@@ -13,7 +13,11 @@ the study lives in ``<sweep folder>/optuna.db`` (SQLite), and a rerun with the s
 - keeps every finished trial (TPE learns from them) and runs only the ``n_trials`` still missing;
 - marks a trial left RUNNING by the killed launch as FAIL and asks its parameters again first:
   the same parameters make the same override string, so the same job folder, and train.py's
-  ``resume=auto`` continues that job from its last checkpoint instead of starting over.
+  ``resume=auto`` continues that job from its last checkpoint instead of starting over;
+- gives a seeded sampler (``hydra.sweeper.sampler.seed=1``) the seed plus the number of trials
+  already in the study: with the first seed again it drew the first trials' parameters again,
+  whose job folders (named by those parameters) held finished runs, so every "new" trial ended
+  at once with an old trial's value and nothing new was explored.
 """
 
 from __future__ import annotations
@@ -59,6 +63,24 @@ def save_sweep_config(config: Any) -> Path:
     path = folder / "multirun.yaml"
     OmegaConf.save(config, path)
     return path
+
+
+def continued_sampler(sampler_config: Any, trials_so_far: int, sampler: Any) -> Any:
+    """``sampler``, or for a seeded one continuing a study, the same one seeded further on.
+
+    The new seed, ``seed + trials_so_far``, is as reproducible as the first: the same sequence
+    of commands draws the same trials.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    seed = OmegaConf.select(sampler_config, "seed", default=None)
+    if seed is None or trials_so_far == 0:
+        return sampler
+    log.info("seeded sampler continued with seed %d (%d + the %d trials so far): the first seed "
+             "would draw the first trials' parameters again", int(seed) + trials_so_far,
+             int(seed), trials_so_far)
+    return instantiate(sampler_config, seed=int(seed) + trials_so_far)
 
 
 def continue_study(study: optuna.Study, n_trials: int) -> tuple[int, int]:

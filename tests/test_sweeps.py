@@ -113,6 +113,55 @@ def test_optuna_sweep_composes() -> None:
     assert compose_train(["+sweep=optuna", "hydra.sweeper.n_trials=3"]).hydra.sweeper.n_trials == 3
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_continued_seeded_search_draws_new_trials(tmp_path: Path, sampler: str) -> None:
+    """With its first seed again, the continued sampler drew trial 0's parameters again: the
+    trial then reopened trial 0's finished job folder and ended at once with its value."""
+    import optuna
+    from hydra.utils import instantiate
+
+    from sweeps.resumable_optuna import continued_sampler, quiet_optuna
+
+    quiet_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler_cfg = compose_train(["+sweep=optuna", f"hydra/sweeper/sampler={sampler}",
+                                 "hydra.sweeper.sampler.seed=1"]).hydra.sweeper.sampler
+    space = {"lr": optuna.distributions.LogUniformDistribution(1e-5, 1e-3),
+             "w": optuna.distributions.UniformDistribution(0.0, 1.0)}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def run_trials(chosen: object, n: int) -> list[dict[str, float]]:
+        study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                    sampler=chosen, direction="maximize")
+        drawn = []
+        for _ in range(n):
+            trial = study.ask(space)
+            study.tell(trial, trial.params["lr"])
+            drawn.append(trial.params)
+        return drawn
+
+    first = run_trials(instantiate(sampler_cfg), 2)
+    # What a continuation drew before: the first seed's first point, trial 0's.
+    assert run_trials(instantiate(sampler_cfg), 1) == first[:1]
+    again = instantiate(sampler_cfg)
+    continued = continued_sampler(sampler_cfg, 3, again)
+    assert continued is not again and continued_sampler(sampler_cfg, 0, again) is again
+    drawn = run_trials(continued, 2)
+    assert all(params not in first for params in drawn), (first, drawn)
+    # Reproducible: the same continuation draws the same first point.
+    twins = [optuna.create_study(sampler=continued_sampler(sampler_cfg, 3, again)).ask(space)
+             for _ in range(2)]
+    assert twins[0].params == twins[1].params
+
+
+def test_an_unseeded_sampler_is_kept_as_it_is() -> None:
+    from sweeps.resumable_optuna import continued_sampler
+
+    sampler_cfg = compose_train(["+sweep=optuna"]).hydra.sweeper.sampler
+    marker = object()
+    assert continued_sampler(sampler_cfg, 5, marker) is marker
+
+
 def test_wandb_tags_fit_wandbs_limit() -> None:
     from darkraw.training import WANDB_TAG_MAX, wandb_tags
 

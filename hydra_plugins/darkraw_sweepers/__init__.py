@@ -18,6 +18,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         # Imported here: Hydra imports every hydra_plugins module at each start-up.
         from sweeps.resumable_optuna import (
             continue_study,
+            continued_sampler,
             quiet_optuna,
             save_sweep_config,
             sweep_folder_storage,
@@ -36,5 +37,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
             study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
         except KeyError:  # a new study: nothing to continue
             return super().sweep(arguments)
+        impl.sampler = continued_sampler(impl.config.hydra.sweeper.sampler, len(study.trials),
+                                         impl.sampler)
         impl.n_trials, impl.job_idx = continue_study(study, impl.n_trials)
         return super().sweep(arguments)
