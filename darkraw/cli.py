@@ -302,5 +302,9 @@ def exit_on_composition_error(config_name: str, argv: Sequence[str]) -> None:
     for warning in repeated_overrides(argv):
         print(f"darkraw: warning: {warning}", file=sys.stderr)
     message = composition_error(config_name, argv)
+    if not message:
+        from darkraw.sweep_check import sweep_error
+
+        message = sweep_error(config_name, argv)
     if message:
         exit_with_user_error(ConfigError(message))

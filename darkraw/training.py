@@ -94,7 +94,9 @@ class RunSummary:
     earlier_validation_step: int | None = None
 
 
-def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
+def check_trainer_config(trainer_cfg: Mapping[str, Any], on_this_machine: bool = True) -> None:
+    """``on_this_machine=False``: not whether this machine has the accelerator (a SLURM sweep is
+    launched from a login node without GPUs)."""
     precision = str(trainer_cfg.get("precision", "32"))
     if precision not in PRECISIONS:
         raise ConfigError(
@@ -127,7 +129,8 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
     if accelerator.lower() not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={accelerator!r} is not supported: choose one of "
                           f"{list(ACCELERATORS)}")
-    check_accelerator_available(accelerator)
+    if on_this_machine:
+        check_accelerator_available(accelerator)
     if trainer_cfg.get("max_epochs") not in (-1, None):
         log.warning("trainer.max_epochs=%s may end the run before trainer.max_steps=%s",
                     trainer_cfg.get("max_epochs"), max_steps)
@@ -717,17 +720,14 @@ class _DropLightningTips(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
-def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> RunSummary:
-    """``on_accepted`` is called once every start-up check has passed, before any data is
-    touched: a :class:`~darkraw.errors.ConfigError` raised before it refused the launch."""
-    started = time.time()
-    quiet_library_noise()
-    route_lightning_logs_through_hydra()
-    output_dir = Path(cfg.paths.output_dir)
+def check_config(cfg: DictConfig, on_this_machine: bool = True) -> int:
+    """The start-up checks that need the config alone (no data or run folder); the seed. A
+    sweep runs them on every job before the first starts (:mod:`darkraw.sweep_check`), with
+    ``on_this_machine=False``: its jobs may run elsewhere.
+    """
     check_local_config(cfg)
     check_callbacks_group(cfg)
-    check_trainer_config(cfg.trainer)
-    check_multi_node_launch(cfg.trainer.get("num_nodes", 1))
+    check_trainer_config(cfg.trainer, on_this_machine)
     # Before the groups that interpolate it (data.seed: ${seed}), so the message names `seed`.
     seed = check_seed(cfg.seed)
     check_types(cfg)
@@ -735,14 +735,26 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     check_batch_divides(cfg.data, cfg.trainer)
     # Here, not when the check runs: on SID that is after the cache build, which takes hours.
     check_preflight_options(cfg.get("preflight"))
-    strategy_note = adapt_strategy(cfg.trainer)
-    if strategy_note:
-        log.info(strategy_note)
     # Before the model: its summary image defaults to one patch, and its check would blame that.
     loss_cfg: LossConfig = build(LossConfig, OmegaConf.to_container(cfg.loss, resolve=True),
                                  "loss")
     check_patch_size(cfg.data.get("patch_size"), loss_cfg.win_size,
                      ms_ssim_min_side(loss_cfg.win_size))
+    return seed
+
+
+def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> RunSummary:
+    """``on_accepted`` is called once every start-up check has passed, before any data is
+    touched: a :class:`~darkraw.errors.ConfigError` raised before it refused the launch."""
+    started = time.time()
+    quiet_library_noise()
+    route_lightning_logs_through_hydra()
+    output_dir = Path(cfg.paths.output_dir)
+    seed = check_config(cfg)
+    check_multi_node_launch(cfg.trainer.get("num_nodes", 1))
+    strategy_note = adapt_strategy(cfg.trainer)
+    if strategy_note:
+        log.info(strategy_note)
     # Before the module is built: `seed` fixes the initial weights, not only crops and flips.
     # Said once the launch is accepted (below): a config error would come after the line.
     L.seed_everything(seed, workers=True, verbose=False)

@@ -155,12 +155,18 @@ class RankPoison(L.Callback):
 
 
 class FailAtLearningRate(L.Callback):
-    """A bug that is not a darkraw error: a plain RuntimeError at train start, only in the job
-    whose learning rate is ``lr`` (a sweep axis picks the job)."""
+    """A failure at train start, only in the job whose learning rate is ``lr`` (a sweep axis
+    picks the job): a bug that is not a darkraw error (a plain RuntimeError), or with
+    ``data_error`` a darkraw DataError, as a damaged file found during training raises."""
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, data_error: bool = False) -> None:
         self.lr = lr
+        self.data_error = data_error
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.optimizers[0].param_groups[0]["lr"] == self.lr:
+            if self.data_error:
+                from darkraw.errors import DataError
+
+                raise DataError(f"simulated data error at lr {self.lr}")
             raise RuntimeError(f"simulated bug at lr {self.lr}")

@@ -193,6 +193,40 @@ def test_sweeping_the_experiment_is_refused_before_any_job(tmp_path: Path, args:
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    # Hydra's "Could not override 'model.rbd'" block, with its wrong `+model.rbd=` advice.
+    (["-m", "model.rbd=after,before"],
+     "job 1 of 2 (model.rbd=after): model.rbd is not a setting: did you mean model.rdb? No job "
+     "was started"),
+    # Found only when the second job started, after the first had trained.
+    (["+sweep=rdb", "model.rdb=after,bfore"],
+     "job 2 of 2 (model.rdb=bfore): model.rdb='bfore' is not allowed: choose one of"),
+    (["-m", "seed=1,2", "optimizer.lr=0.001,-1"],
+     "job 2 of 4 (seed=1 optimizer.lr=-1): optimizer.lr=-1 is not allowed: must be > 0"),
+    (["-m", "+sweep=optuna", "model.rdb=bfore"],
+     "the sweep's fixed overrides: model.rdb='bfore' is not allowed"),
+])
+def test_every_job_of_a_sweep_is_checked_before_the_first_starts(
+        tmp_path: Path, args: list[str], expected: str) -> None:
+    proc = run_entry_point("train.py", *args, f"paths.root_dir={tmp_path}", check=False,
+                           timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"darkraw: error: {expected}"), proc.stderr
+    assert proc.stderr.rstrip().endswith("No job was started: correct the sweep and launch it "
+                                         "again"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_gpu_sweep_passes_the_check_on_a_machine_without_gpus() -> None:
+    """A SLURM sweep is launched from a login node: its jobs' GPUs are checked where they run."""
+    from darkraw.sweep_check import sweep_error
+
+    assert sweep_error("train", ["-m", "trainer=gpu", "model.rdb=after,before"]) is None
+    assert sweep_error("train", ["-m", "hydra/launcher=slurm", "trainer=ddp",
+                                 "trainer.devices=2", "seed=1,2"]) is None
+    assert sweep_error("train", ["model.rdb=after"]) is None  # not a sweep: not its business
+
+
 def test_sweep_folders_of_two_experiments_differ() -> None:
     """Two sweeps started in the same second shared ``multirun/<date>/<time>/`` before."""
     folders = {compose_train([f"experiment={name}", "hydra.mode=MULTIRUN"]).hydra.sweep.dir
@@ -339,19 +373,22 @@ def test_rdb_multirun_then_comparison(synthetic_sid: Path, cache_dir: Path,
 @pytest.mark.slow
 def test_one_failing_job_does_not_stop_the_sweep(synthetic_sid: Path, cache_dir: Path,
                                                  tmp_path: Path) -> None:
-    """A DarkrawError (lr -1) and a plain RuntimeError (a bug, at lr 7e-4) first, then a good
-    job."""
+    """A DarkrawError (a data error at lr 3e-4) and a plain RuntimeError (a bug, at lr 7e-4)
+    first, then a good job. (A wrong setting such as lr -1 refuses the sweep before any job.)"""
     sweep = tmp_path / "sweep"
-    proc = run_entry_point("train.py", "-m", "optimizer.lr=-1,0.0007,0.0005",
-                           "+callbacks.bug._target_=tests.health_helpers.FailAtLearningRate",
-                           "+callbacks.bug.lr=0.0007", f"hydra.sweep.dir={sweep}",
+    helper = "tests.health_helpers.FailAtLearningRate"
+    proc = run_entry_point("train.py", "-m", "optimizer.lr=0.0003,0.0007,0.0005",
+                           f"+callbacks.bug._target_={helper}", "+callbacks.bug.lr=0.0007",
+                           f"+callbacks.data_fault._target_={helper}",
+                           "+callbacks.data_fault.lr=0.0003",
+                           "+callbacks.data_fault.data_error=true", f"hydra.sweep.dir={sweep}",
                            *fast(synthetic_sid, cache_dir, tmp_path, "trainer.max_steps=2"),
                            timeout=400)
     assert proc.returncode == 0
     by_lr = {dict(o.split("=", 1) for o in job_overrides(j))["optimizer.lr"]: j
              for j in job_dirs(sweep)}
-    assert set(by_lr) == {"-1", "0.0007", "0.0005"}
-    for lr, error_type in (("-1", "ConfigError"), ("0.0007", "RuntimeError")):
+    assert set(by_lr) == {"0.0003", "0.0007", "0.0005"}
+    for lr, error_type in (("0.0003", "DataError"), ("0.0007", "RuntimeError")):
         job = by_lr[lr]
         status = read_status(job)
         assert status["status"] == "failed" and status["error_type"] == error_type
@@ -366,7 +403,8 @@ def test_one_failing_job_does_not_stop_the_sweep(synthetic_sid: Path, cache_dir:
                            "--quiet"], env=subprocess_env(PYTHONPATH=str(REPO)),
                           timeout=120).returncode == 0
     table = {r["optimizer.lr"]: r for r in read_table(sweep).values()}
-    assert table["-1"]["status"] == "failed" and "must be > 0" in table["-1"]["error"]
+    assert (table["0.0003"]["status"] == "failed"
+            and "simulated data error" in table["0.0003"]["error"])
     assert table["0.0007"]["status"] == "failed"
     assert table["0.0005"]["status"] == "completed"
     assert "## Jobs that did not finish" in (sweep / "comparison.md").read_text()

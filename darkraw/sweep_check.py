@@ -1,0 +1,132 @@
+"""Check every job of a sweep before the first one starts.
+
+Hydra composes a job's config only when its turn comes: a misspelt key ended a sweep in Hydra's
+"Could not override" block (its ``+key=`` advice wrong for a typo) after ``multirun.yaml`` was
+written, and a wrong value in job 6 of 6 (``model.rdb=after,bfore``) was found when job 6 started,
+days into a sweep on SID, its error buried in the scroll-back of the jobs before it. Here each
+job's overrides are composed and put through the same config checks as a single run, in the
+main process, before Hydra creates anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from darkraw.cli import override_key, sweep_overrides
+from darkraw.errors import DarkrawError
+
+#: Flags that make ``train.py`` a sweep; any other flag (``--cfg``, ``--help``) is Hydra's.
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _compose(config_name: str, overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    from darkraw.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def planned_jobs(config_name: str, overrides: Sequence[str]) -> list[list[str]] | None:
+    """Each job's overrides, as Hydra's basic sweeper expands them (the sweep config's
+    ``hydra.sweeper.params`` first, then the command line); None where another sweeper (Optuna)
+    chooses the values as it goes: its fixed overrides make one job to check."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeps = set(sweep_overrides(overrides))
+    fixed = [arg for arg in overrides if arg not in sweeps]
+    base = _compose(config_name, fixed, with_hydra=True)
+    target = str(OmegaConf.select(base, "hydra.sweeper._target_", default="") or "")
+    if not target.endswith("BasicSweeper"):
+        return None
+    params = OmegaConf.select(base, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def job_error(config_name: str, job: Sequence[str]) -> str | None:
+    """What a single run with ``job``'s overrides would refuse at start, or None."""
+    from darkraw.cli import composition_error
+    from darkraw.instantiate import instantiate_checked
+    from darkraw.training import build_module, check_config
+
+    message = composition_error(config_name, job)
+    if message:
+        return message
+    try:
+        cfg = _compose(config_name, job)
+    except Exception:  # what composition_error cannot word: Hydra says it when the job runs
+        return None
+    darkraw_log = logging.getLogger("darkraw")
+    was_disabled, darkraw_log.disabled = darkraw_log.disabled, True
+    try:
+        # Its warnings are said by the job itself, once, in its log.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_config(cfg, on_this_machine=False)
+            build_module(cfg)
+            instantiate_checked(cfg.data, _convert_="all")
+    except DarkrawError as error:
+        from darkraw.cli import user_message
+
+        return user_message(error)
+    finally:
+        darkraw_log.disabled = was_disabled
+    return None
+
+
+def is_sweep(config_name: str, argv: Sequence[str]) -> bool:
+    """``-m``, or a config that asks for a multirun itself (``+sweep=rdb``)."""
+    if any(arg in MULTIRUN_FLAGS for arg in argv):
+        return True
+    if any(arg.startswith("-") for arg in argv):
+        return False
+    try:
+        composed = _compose(config_name, [a for a in argv if a not in set(_sweeps(argv))],
+                            with_hydra=True)
+    except Exception:  # not composable: the single-run checks say why
+        return False
+    return str(composed.hydra.mode).upper().endswith("MULTIRUN")
+
+
+def _sweeps(argv: Sequence[str]) -> list[str]:
+    try:
+        return sweep_overrides(argv)
+    except Exception:  # an unreadable override: the single-run checks say which
+        return []
+
+
+def sweep_error(config_name: str, argv: Sequence[str]) -> str | None:
+    """The first job of the sweep ``argv`` that would be refused, and why; None when all pass
+    (or ``argv`` is not a sweep, or holds flags other than ``-m`` that are Hydra's)."""
+    overrides = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
+    if any(arg.startswith("-") for arg in overrides) or not is_sweep(config_name, argv):
+        return None
+    if any(override_key(arg) in ("experiment", "name") for arg in _sweeps(overrides)):
+        return None  # refused as a whole by the sweep folder's resolver, in its own words
+    try:
+        jobs = planned_jobs(config_name, overrides)
+    except Exception:  # Hydra explains what it cannot expand (a bad sweep syntax) itself
+        return None
+    if jobs is None:  # Optuna: the values it will choose are not known yet
+        fixed = [arg for arg in overrides if arg not in set(_sweeps(overrides))]
+        message = job_error(config_name, fixed)
+        return _not_started("the sweep's fixed overrides", message) if message else None
+    for number, job in enumerate(jobs, start=1):
+        message = job_error(config_name, job)
+        if message:
+            swept = [arg for arg in job if arg not in overrides] or job
+            return _not_started(f"job {number} of {len(jobs)} ({' '.join(swept)})", message)
+    return None
+
+
+def _not_started(which: str, message: str) -> str:
+    end = "" if message.endswith((".", "?", "!")) else "."
+    return f"{which}: {message}{end} No job was started: correct the sweep and launch it again"
