@@ -30,6 +30,25 @@ def step_decay_scheduler(optimizer: Optimizer, milestones: Sequence[int], gamma:
     )
 
 
+def decay_after_the_run_warning(milestones: Sequence[int], gamma: float,
+                                max_steps: int) -> str | None:
+    """A message when a decay milestone falls at or after the run's last step, or None.
+
+    A shortened recipe (``experiment=ablation_baseline trainer.max_steps=100000``, the decay at
+    250k) then never decays: an ``lr_decay`` sweep so shortened trains identical arms.
+    """
+    late = [int(m) for m in milestones if int(m) >= max_steps]
+    if gamma == 1 or not late:
+        return None
+    return (
+        f"scheduler.milestones={list(milestones)}: the decay at step{'s' if len(late) > 1 else ''} "
+        f"{', '.join(str(m) for m in late)} comes at or after trainer.max_steps={max_steps}, so "
+        f"this run never reaches it and scheduler.gamma={gamma} has no effect there. Scale the "
+        "milestones with the run (the recipes decay half-way: "
+        f"scheduler.milestones=[{max_steps // 2}]), or set scheduler.gamma=1 to say so."
+    )
+
+
 def floor_warning(base_lr: float, milestones: Sequence[int], gamma: float,
                   min_lr: float) -> str | None:
     """A message when the floor replaces the configured decay, or None."""

@@ -57,3 +57,20 @@ def test_floor_warns_when_it_replaces_the_configured_decay() -> None:
 
 def test_floor_never_raises_a_small_base_lr() -> None:
     assert lr_multiplier(0, 1e-6, [10], 0.1, 1e-5) == 1.0
+
+
+def test_a_decay_the_run_never_reaches_is_said() -> None:
+    """The ablation recipe shortened to 100k steps keeps its decay at 250k: no decay at all."""
+    from lightning_modules.schedule import decay_after_the_run_warning
+
+    message = decay_after_the_run_warning([250000], 0.1, 100000)
+    assert message is not None and message.startswith(
+        "scheduler.milestones=[250000]: the decay at step 250000 comes at or after "
+        "trainer.max_steps=100000")
+    assert "scheduler.milestones=[50000]" in message
+    # A milestone at the last step decays after the last optimiser step: no step uses it.
+    assert decay_after_the_run_warning([100], 0.1, 100) is not None
+    assert "steps 300, 400" in decay_after_the_run_warning([50, 300, 400], 0.5, 200)
+    assert decay_after_the_run_warning([99], 0.1, 100) is None  # the last step decays
+    assert decay_after_the_run_warning([250000], 1, 100000) is None  # gamma 1: nothing to miss
+    assert decay_after_the_run_warning([], 0.1, 100) is None
