@@ -17,6 +17,7 @@ import contextlib
 import functools
 import inspect
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import numpy as np
 from darkraw.disk import ensure_free_space
 from darkraw.errors import ConfigError, DarkrawError, DataError
 from datamodules.dng import TMP_SUFFIX, atomic_write_bytes, write_bayer_dng
+
+log = logging.getLogger(__name__)
 
 #: SID Sony (a7S II) levels, so that the normalisation code sees the numbers it sees on SID.
 BLACK_LEVEL = 512
@@ -341,28 +344,50 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     return all((root / relpath).is_file() for relpath in marker.get("files", []))
 
 
-def _refuse_other_set(root: Path, params: dict[str, Any]) -> None:
-    """Raise when ``root`` holds a set generated with other user settings than ``params``.
+def _other_settings(root: Path, params: dict[str, Any]) -> tuple[str, str] | None:
+    """``(asked, there)`` when ``root`` holds a set generated with other user settings: the
+    settings asked for and the set's own, as overrides; None otherwise.
 
     User settings are the generator's own keyword arguments (``data.synthetic.*``); the other
-    parameters (format version, levels, source images) are the code's.
+    parameters (format version, levels, source images) are the code's: a set that differs in
+    those only is regenerated without a word (a newer darkraw).
     """
     marker = _read_marker(root)
     existing = (marker or {}).get("parameters")
     if not isinstance(existing, dict):
-        return
+        return None
     settings = inspect.signature(generate_synthetic_sid).parameters
     differ = [key for key in settings
               if key in existing and key in params and existing[key] != params[key]]
     if not differ:
-        return  # only the format changed (a newer darkraw): regenerating is the only way on
+        return None
     asked = ", ".join(f"data.synthetic.{key}={params.get(key)!r}" for key in differ)
     there = " ".join(f"data.synthetic.{key}={override_value(existing[key])}" for key in differ)
+    return asked, there
+
+
+def _refuse_other_set(root: Path, params: dict[str, Any]) -> None:
+    """Raise when ``root`` holds a set generated with other user settings than ``params``."""
+    other = _other_settings(root, params)
+    if other is None:
+        return
+    asked, there = other
     raise ConfigError(
         f"data.root={root} holds the synthetic set generated with other settings than {asked}; "
         f"it is not replaced here: pass {there} to score that set, or another data.root to "
         "generate one with these settings"
     )
+
+
+def _say_replacing_other_set(root: Path, params: dict[str, Any]) -> None:
+    """Training regenerates a set for the settings it is given; a set made by hand (``python -m
+    datamodules.synthetic --seed 1``, a larger one) went without a word."""
+    other = _other_settings(root, params)
+    if other is not None:
+        asked, there = other
+        log.warning("data.root=%s holds a synthetic set generated with %s: replacing it with "
+                    "one for %s (pass %s, or another data.root, to keep a set)", root, there,
+                    asked, there)
 
 
 def override_value(value: Any) -> str:
@@ -561,6 +586,7 @@ def generate_synthetic_sid(
     if not replace_other_set:
         _refuse_other_set(root, params)
     _check_ours(root)
+    _say_replacing_other_set(root, params)
     num_scenes = sum(counts.values())
     ensure_free_space(root, _bytes_needed(num_scenes, shots_per_scene, height, width),
                       f"the synthetic SID set ({num_scenes} scenes of {height}x{width})")

@@ -200,9 +200,17 @@ def test_missing_marker_or_file_regenerates(tmp_path: Path) -> None:
     assert (root / "Sony" / "long" / "00002_00_10s.dng").is_file()
 
 
-def test_changed_parameters_regenerate_and_remove_stale_files(tmp_path: Path) -> None:
+def test_changed_parameters_regenerate_and_remove_stale_files(tmp_path: Path, caplog) -> None:
     root = generate_synthetic_sid(tmp_path / "set", **TINY)
-    generate_synthetic_sid(root, **{**TINY, "num_train_scenes": 1, "shots_per_scene": 1})
+    with caplog.at_level("WARNING", logger="datamodules.synthetic"):
+        generate_synthetic_sid(root, **{**TINY, "num_train_scenes": 1, "shots_per_scene": 1})
+    # A set made by hand (another seed, a larger size) is not replaced without a word.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data.root={root} holds a synthetic set generated with data.synthetic.num_train_scenes=2 "
+        "data.synthetic.shots_per_scene=2: replacing it with one for "
+        "data.synthetic.num_train_scenes=1, data.synthetic.shots_per_scene=1 (pass "
+        "data.synthetic.num_train_scenes=2 data.synthetic.shots_per_scene=2, or another "
+        "data.root, to keep a set)"]
     shorts = sorted(p.name for p in (root / "Sony" / "short").iterdir())
     assert shorts == ["00001_00_0.1s.dng", "10001_00_0.1s.dng", "20001_00_0.1s.dng"]
     assert len((root / LISTS["train"]).read_text().splitlines()) == 1
