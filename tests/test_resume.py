@@ -85,6 +85,16 @@ def reference(synthetic_sid: Path, cache_dir: Path,
     return output_dir(root)
 
 
+def wait_for_a_periodic_last_ckpt(proc: subprocess.Popen[str], root: Path, err: Path,
+                                  timeout: float = 240) -> None:
+    """Until the training ``proc`` (in ``root``) has written its first periodic last.ckpt."""
+    deadline = time.monotonic() + timeout
+    while not list(root.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
+        assert proc.poll() is None, err.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no periodic last.ckpt in time"
+        time.sleep(0.02)
+
+
 def start_and_stop(args: list[str], root: Path, sig: signal.Signals, after_step: int = 0,
                    timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], int]:
     """Start train.py; once its last.ckpt is past ``after_step``, send ``sig``; wait for exit."""
@@ -187,12 +197,8 @@ def test_a_stop_signal_to_the_process_group_saves_and_resumes(
             "data.num_workers=1", "data.persistent_workers=true"]
     err = tmp_path / "sigint.stderr"
     proc = start_train_py_process_group(args, tmp_path / "sigint.stdout", err)
-    deadline = time.monotonic() + 240
     try:
-        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
-            assert proc.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
-            time.sleep(0.02)
+        wait_for_a_periodic_last_ckpt(proc, tmp_path, err)
         os.killpg(proc.pid, sig)
         proc.wait(timeout=120)
     finally:
@@ -225,12 +231,8 @@ def test_a_second_launch_into_a_training_runs_folder_is_refused(
             "callbacks.last_checkpoint.every_n_train_steps=2"]
     err = tmp_path / "first.stderr"
     first = start_train_py_process_group(args, tmp_path / "first.stdout", err)
-    deadline = time.monotonic() + 240
     try:
-        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
-            assert first.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
-            time.sleep(0.05)
+        wait_for_a_periodic_last_ckpt(first, tmp_path, err)
         folder = output_dir(tmp_path)
         record = (folder / "job_status.json").read_bytes()
         overrides = (folder / ".hydra" / "overrides.yaml").read_bytes()

@@ -38,12 +38,18 @@ def test_a_second_launch_on_this_machine_is_refused_at_once_by_name(tmp_path: Pa
     second.release()
 
 
+def hold_as_if_on_another_machine(folder: Path) -> RunFolderLock:
+    """A held lock whose file says what a holder on another node of a shared file system
+    writes there."""
+    lock = RunFolderLock(folder)
+    lock.acquire()
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": 7, "host": "node-elsewhere",
+                                                "started": time.time()}))
+    return lock
+
+
 def test_a_holder_on_another_machine_is_waited_for_then_refused(tmp_path: Path) -> None:
-    first = RunFolderLock(tmp_path)
-    first.acquire()
-    # What a holder on another node of a shared file system leaves in the file.
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 7, "host": "node-elsewhere",
-                                                  "started": time.time()}))
+    first = hold_as_if_on_another_machine(tmp_path)
     started = time.monotonic()
     with pytest.raises(RunFolderInUse, match=r"\(pid 7 on node-elsewhere, since "):
         RunFolderLock(tmp_path, other_host_grace_s=1.0).acquire()
@@ -53,10 +59,7 @@ def test_a_holder_on_another_machine_is_waited_for_then_refused(tmp_path: Path) 
 
 def test_a_holder_that_ends_during_the_wait_hands_the_folder_over(tmp_path: Path) -> None:
     """A job SLURM requeued may start while its killed predecessor's lock is still held."""
-    first = RunFolderLock(tmp_path)
-    first.acquire()
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 7, "host": "node-elsewhere",
-                                                  "started": time.time()}))
+    first = hold_as_if_on_another_machine(tmp_path)
     releaser = threading.Timer(1.0, first.release)
     releaser.start()
     second = RunFolderLock(tmp_path, other_host_grace_s=30.0)
