@@ -141,6 +141,16 @@ def require_set(cfg: DictConfig, examples: Mapping[str, str]) -> None:
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def compose_config(config_name: str, overrides: Sequence[str],
+                   with_hydra: bool = False) -> DictConfig:
+    """``conf/<config_name>`` with ``overrides``, composed outside ``@hydra.main`` (Hydra's own
+    settings under ``hydra.`` with ``with_hydra``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+
+
 def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
     """What is wrong with ``overrides``, in one line, or None when they compose (or cannot be
     judged here: command-line flags and sweeps are left to Hydra).
@@ -151,7 +161,6 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
     """
     if any(arg.startswith("-") for arg in overrides):
         return None  # --help, --cfg, -m, --config-dir ...: Hydra's own business
-    from hydra import compose, initialize_config_dir
     from hydra.errors import (
         ConfigCompositionException,
         MissingConfigException,
@@ -160,8 +169,7 @@ def composition_error(config_name: str, overrides: Sequence[str]) -> str | None:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     def compose_all(args: Sequence[str], with_hydra: bool = False) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=list(args), return_hydra_config=with_hydra)
+        return compose_config(config_name, args, with_hydra)
 
     try:
         compose_all(overrides)

@@ -14,22 +14,13 @@ import logging
 import warnings
 from collections.abc import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from darkraw.cli import override_key, sweep_overrides
+from darkraw.cli import compose_config, override_key, sweep_overrides
 from darkraw.errors import DarkrawError
 
 #: Flags that make ``train.py`` a sweep; any other flag (``--cfg``, ``--help``) is Hydra's.
 MULTIRUN_FLAGS = ("-m", "--multirun")
-
-
-def _compose(config_name: str, overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
-    from darkraw.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def planned_jobs(config_name: str, overrides: Sequence[str]) -> list[list[str]] | None:
@@ -41,7 +32,7 @@ def planned_jobs(config_name: str, overrides: Sequence[str]) -> list[list[str]] 
 
     sweeps = set(sweep_overrides(overrides))
     fixed = [arg for arg in overrides if arg not in sweeps]
-    base = _compose(config_name, fixed, with_hydra=True)
+    base = compose_config(config_name, fixed, with_hydra=True)
     target = str(OmegaConf.select(base, "hydra.sweeper._target_", default="") or "")
     if not target.endswith("BasicSweeper"):
         return None
@@ -61,7 +52,7 @@ def job_error(config_name: str, job: Sequence[str]) -> str | None:
     if message:
         return message
     try:
-        cfg = _compose(config_name, job)
+        cfg = compose_config(config_name, job)
     except Exception:  # what composition_error cannot word: Hydra says it when the job runs
         return None
     darkraw_log = logging.getLogger("darkraw")
@@ -89,7 +80,7 @@ def is_sweep(config_name: str, argv: Sequence[str]) -> bool:
     if any(arg.startswith("-") for arg in argv):
         return False
     try:
-        composed = _compose(config_name, [a for a in argv if a not in set(_sweeps(argv))],
+        composed = compose_config(config_name, [a for a in argv if a not in set(_sweeps(argv))],
                             with_hydra=True)
     except Exception:  # not composable: the single-run checks say why
         return False

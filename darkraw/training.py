@@ -67,7 +67,6 @@ from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
 from lightning_modules.losses import ms_ssim_min_side
 from lightning_modules.module import RestorationModule
-from lightning_modules.schedule import decay_after_the_run_warning
 from sweeps.job_status import Terminated
 
 log = logging.getLogger(__name__)
@@ -741,13 +740,6 @@ def check_config(cfg: DictConfig, on_this_machine: bool = True) -> int:
                                  "loss")
     check_patch_size(cfg.data.get("patch_size"), loss_cfg.win_size,
                      ms_ssim_min_side(loss_cfg.win_size))
-    milestones, gamma = cfg.scheduler.get("milestones"), cfg.scheduler.get("gamma", 1)
-    # Wrong types are the scheduler config's to refuse, by name, when the module is built.
-    if (OmegaConf.is_list(milestones) and all(isinstance(m, int) for m in milestones)
-            and isinstance(gamma, int | float)):
-        late_decay = decay_after_the_run_warning(list(milestones), gamma, cfg.trainer.max_steps)
-        if late_decay:
-            log.warning(late_decay)
     return seed
 
 

@@ -34,7 +34,11 @@ from lightning_modules.config import (
 )
 from lightning_modules.losses import L1MSSSIMLoss
 from lightning_modules.network import INPUT_CHANNELS, PACKED_MULTIPLE, DarkRestorationNet
-from lightning_modules.schedule import floor_warning, step_decay_scheduler
+from lightning_modules.schedule import (
+    decay_after_the_run_warning,
+    floor_warning,
+    step_decay_scheduler,
+)
 
 
 def _plain(values: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -198,9 +202,13 @@ class RestorationModule(L.LightningModule):
         o, s = self.optim_cfg, self.sched_cfg
         optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                      weight_decay=o.weight_decay)
-        message = floor_warning(o.lr, s.milestones, s.gamma, s.min_lr)
-        if message:
-            rank_zero_warn(message)
+        # No trainer outside fit: the pre-flight check calls this on its own.
+        trainer = getattr(self, "_trainer", None)
+        late = (decay_after_the_run_warning(s.milestones, s.gamma, trainer.max_steps)
+                if trainer is not None else None)
+        for message in (floor_warning(o.lr, s.milestones, s.gamma, s.min_lr), late):
+            if message:
+                rank_zero_warn(message)
         scheduler = step_decay_scheduler(optimizer, s.milestones, s.gamma, s.min_lr)
         return {
             "optimizer": optimizer,

@@ -475,11 +475,13 @@ def test_warnings_reach_the_jobs_log_file(synthetic_sid: Path, tmp_path: Path) -
     """On a cluster the job's log file is the record: warnings belong in it, once on screen."""
     proc = run_entry_point("train.py", *FAST_TRAIN, "trainer.max_steps=2", "logger=none",
                            "optimizer.lr=1e-4", "scheduler.gamma=0.02", "scheduler.min_lr=1e-5",
-                           "scheduler.milestones=[1]", *data_overrides(synthetic_sid, tmp_path))
+                           "scheduler.milestones=[1,5]", *data_overrides(synthetic_sid, tmp_path))
     log_text = (only_run_dir(tmp_path) / "train.log").read_text()
     floor = "but scheduler.min_lr=1e-05 floors it there"  # darkraw's lr floor warning
     assert log_text.count(floor) == 1 and "[py.warnings][WARNING]" in log_text
     assert (proc.stdout + proc.stderr).count(floor) == 1  # and once on screen
+    late = "the decay at step 5 comes at or after trainer.max_steps=2"  # and its late decay
+    assert log_text.count(late) == 1 and (proc.stdout + proc.stderr).count(late) == 1
 
 
 def test_testing_after_fit_keeps_the_validation_figures(synthetic_sid: Path,
