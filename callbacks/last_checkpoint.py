@@ -20,8 +20,8 @@ current batch (or between validation batches), ``on_exception`` hooks run, and t
 ``ModelCheckpoint(save_on_exception=True)``, which also saves a misnamed "best" file on any error.
 Here the batch has finished, so the state is consistent: this callback saves ``last.ckpt`` (unless
 it already holds this step) and ``darkraw/training.py`` turns the exception into exit status 143
-with a message. On SLURM, ``SLURMEnvironment(auto_requeue=True)`` handles SIGUSR1 (its own
-``hpc_ckpt_*.ckpt`` + ``scontrol requeue``) and bypasses SIGTERM; see darkraw/distributed.py.
+with a message. On SLURM, the time-limit signal (SIGUSR1) takes the same path and then requeues
+the job (darkraw/slurm_requeue.py).
 
 Ctrl-C during fit: Lightning would raise KeyboardInterrupt wherever the process is (possibly
 inside an optimiser step, so nothing can be saved safely) and exit 1, losing every step since the

@@ -14,10 +14,11 @@ How a DDP job gets its processes:
   ``start_method=spawn`` (``ddp_spawn``) is no way out: it pickles the model, and the network's
   weight-normalised convolutions (``torch.nn.utils.parametrizations``) cannot be pickled.
 
-Preemption: under SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (its default) catches
-SIGUSR1 (``#SBATCH --signal=USR1@90``, conf/hydra/launcher/slurm.yaml), saves
-``<default_root_dir>/hpc_ckpt_<n>.ckpt`` and runs ``scontrol requeue``. Lightning resumes from that
-file only when ``fit(ckpt_path=None)``; darkraw passes ``last.ckpt`` explicitly, so
+Preemption: under SLURM, SIGUSR1 (``#SBATCH --signal=USR1@90``, conf/hydra/launcher/slurm.yaml)
+stops training after the step, saves ``last.ckpt`` and requeues the job (darkraw/slurm_requeue.py).
+Lightning's own requeue, off here, saved ``<default_root_dir>/hpc_ckpt_<n>.ckpt``; such a file (an
+earlier version's) is still resumed from when it is the newest: Lightning loads it only when
+``fit(ckpt_path=None)``, and darkraw passes ``last.ckpt`` explicitly, so
 :func:`resume_checkpoint` picks whichever of the two is newer.
 """
 
@@ -440,9 +441,11 @@ class RankReport(L.Callback):
 
 
 def distributed_callbacks(output_dir: str | Path) -> list[L.Callback]:
-    """The callbacks every job gets; they do nothing in a single-process run.
+    """The callbacks every job gets; they do nothing in a single-process run outside SLURM.
 
     No per-rank reseeding: the ranks' patches differ because each takes its own share of the
     patch stream's sample numbers (datamodules/patch_stream.py), not by random state.
     """
-    return [RankReport(output_dir)]
+    from darkraw.slurm_requeue import SlurmRequeue
+
+    return [RankReport(output_dir), SlurmRequeue()]

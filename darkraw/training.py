@@ -62,6 +62,7 @@ from darkraw.resume import (
     check_resume_settings,
     same_run_with_other_max_steps,
 )
+from darkraw.slurm_requeue import SlurmRequeue, slurm_environment_plugins
 from darkraw.suggest import did_you_mean
 from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
@@ -512,9 +513,11 @@ def build_plugins(cfg: DictConfig) -> list[Any]:
     """The trainer's own plugins plus the atomic, space-checked CheckpointIO (conf: checkpoint_io).
 
     Every checkpoint (last.ckpt, best, SIGTERM saves) goes through it: darkraw/checkpoint_io.py.
+    Under SLURM, Lightning's own requeue is off: darkraw/slurm_requeue.py requeues instead.
     """
     configured = cfg.trainer.get("plugins")
     plugins = list(instantiate(configured)) if configured else []
+    plugins += slurm_environment_plugins(plugins)
     node = cfg.get("checkpoint_io")
     if node and "_target_" in node:
         plugins.append(instantiate_checked(node))
@@ -539,18 +542,23 @@ def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
         where = f"no {last} to resume from: a relaunch starts over"
     else:
         where = f"resume point {last}" + (f" at step {saved[0]}" if saved else "")
-    if str(resume_mode).lower() == "false":
+    requeued = any(cb.requeue_at_exit(trainer) for cb in trainer.callbacks
+                   if isinstance(cb, SlurmRequeue))
+    if requeued:
+        how = "The SLURM job is requeued as this process exits and resumes there"
+    elif str(resume_mode).lower() == "false":
         # The same command would start over (a SLURM requeue of it does resume).
         how = "Relaunch it without resume=false to resume (resume=false starts over again)"
     else:
         how = "Relaunch the same command to resume (resume=auto)"
-    if is_multirun():
+    if is_multirun() and not requeued:
         # The same -m command makes a new timestamped sweep folder and starts every job over.
         sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
         how += (f", adding hydra.sweep.dir={sweep_dir} so that it continues this sweep (its "
                 "finished jobs end at once)")
     if trainer.is_global_zero:
-        print(f"darkraw: stopped by {'Ctrl-C' if ctrl_c else 'SIGTERM'} at step "
+        cause = "Ctrl-C" if ctrl_c else "SLURM's time-limit signal" if requeued else "SIGTERM"
+        print(f"darkraw: stopped by {cause} at step "
               f"{trainer.global_step}; {where}. {how}.", file=sys.stderr, flush=True)
     return SystemExit(130 if ctrl_c else 143)
 

@@ -304,6 +304,19 @@ def validation_overlap_warning(train_pairs: Sequence[CachedPair],
     )
 
 
+@dataclass(frozen=True)
+class _PendingBatch:
+    """A training batch transferred to the device and not yet trained, as Lightning counts."""
+
+    batches_before: int  #: the patch-stream batches trained before it
+    ready_before: int  #: Lightning's count of batches made ready before it (``total.ready``)
+
+
+def _train_batch_progress(trainer: L.Trainer) -> Any:
+    """Lightning's training-batch counters (ready, started, processed, completed)."""
+    return trainer.fit_loop.epoch_loop.batch_progress
+
+
 class SIDDataModule(L.LightningDataModule):
     """SID Sony pairs from the cache; every argument is a plain value from conf/data/sid.yaml.
 
@@ -372,6 +385,8 @@ class SIDDataModule(L.LightningDataModule):
         # Training batches consumed so far, over every launch of the run: where the patch
         # stream continues after a resume (saved in the checkpoint by ``state_dict``).
         self.batches_trained = 0
+        #: The batch transferred last while Lightning had not yet marked it processed.
+        self._pending: _PendingBatch | None = None
         #: The splits cached and set up; None: all. eval.py sets its one split, so that scoring
         #: the test images on a fresh cache does not first decode every training pair.
         self.only_splits: tuple[Split, ...] | None = None
@@ -532,12 +547,32 @@ class SIDDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if (trainer is not None and trainer.training and isinstance(batch, Mapping)
                 and "sample" in batch):
-            global_batch = int(batch["sample"].max()) // self.batch_size
-            self.batches_trained = max(self.batches_trained, global_batch + 1)
+            reached = int(batch["sample"].max()) // self.batch_size + 1
+            if reached > self.batches_trained:
+                self._pending = _PendingBatch(
+                    batches_before=self.batches_trained,
+                    ready_before=_train_batch_progress(trainer).total.ready)
+                self.batches_trained = reached
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_trained": self.batches_trained}
+        return {"batches_trained": self._batches_in_saved_weights()}
+
+    def _batches_in_saved_weights(self) -> int:
+        """The batches trained as of a checkpoint written now, counted as Lightning counts them.
+
+        A batch counts from the moment Lightning marks it processed (its optimizer step done):
+        a checkpoint written between its transfer and then (SLURM's requeue signal saves
+        ``hpc_ckpt`` in the middle of a step) holds the weights, step and loop counters of the
+        batch before, and Lightning resumes it at that batch, so the patch stream must too.
+        Counting the batch at transfer made a requeued run skip one batch of patches.
+        """
+        pending, trainer = self._pending, getattr(self, "trainer", None)
+        if pending is None or trainer is None:
+            return self.batches_trained
+        if _train_batch_progress(trainer).total.processed > pending.ready_before:
+            return self.batches_trained
+        return pending.batches_before
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the patch stream after the batches the checkpoint's run had trained.
@@ -546,6 +581,7 @@ class SIDDataModule(L.LightningDataModule):
         over at its first batch, as every resume did then.
         """
         self.batches_trained = int(state_dict.get("batches_trained", 0))
+        self._pending = None
 
     def _eval_batch(self) -> int:
         return 1 if self.full_image_eval else self.per_device_batch_size

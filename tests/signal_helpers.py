@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,3 +30,20 @@ class SigtermAtFirstStep(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         if trainer.global_step == 1:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SlurmTimeLimitSignalMidStep(L.Callback):
+    """SLURM's time-limit signal (SIGUSR1) in the middle of a training step, once per ``marker``.
+
+    SLURM sends it ahead of the limit, whenever that falls: here between a batch's transfer and
+    its optimizer step, where Lightning's own handler would have written its requeue checkpoint.
+    """
+
+    def __init__(self, at_step: int, marker: str) -> None:
+        self.at_step, self.marker = at_step, Path(marker)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.at_step and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGUSR1)

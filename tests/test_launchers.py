@@ -58,7 +58,7 @@ def test_slurm_launcher_takes_tasks_gpus_and_nodes_from_the_trainer() -> None:
     assert launcher["nodes"] == cfg.trainer.num_nodes == 2
     assert launcher["partition"] == "gpu"
     assert launcher["timeout_min"] == 600 and launcher["mem_gb"] == 120
-    # Lightning requeues (SIGUSR1); submitit's own requeue stays off.
+    # darkraw requeues (SIGUSR1, darkraw/slurm_requeue.py); submitit's own requeue stays off.
     assert launcher["additional_parameters"]["signal"] == "USR1@90"
     assert launcher["additional_parameters"]["requeue"] is True
     assert launcher["max_num_timeout"] == 0
@@ -118,7 +118,7 @@ def test_slurm_sweep_is_one_job_array_with_one_task_per_gpu(
     assert flags["ntasks-per-node"] == "4" and flags["gpus-per-node"] == "4"
     assert flags["nodes"] == "2"
     assert flags["partition"] == "gpu" and flags["time"] == "600" and flags["mem"] == "120GB"
-    assert flags["signal"] == "USR1@90"  # replaces submitit's USR2: Lightning requeues
+    assert flags["signal"] == "USR1@90"  # replaces submitit's USR2: darkraw requeues
     assert "requeue" in flags and flags["job-name"] == "quickstart"
     assert "srun" in script and "submitit.core._submit" in script
 

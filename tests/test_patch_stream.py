@@ -6,6 +6,7 @@ from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -69,18 +70,50 @@ def test_workers_do_not_change_the_patches(coded: tuple[Path, Path]) -> None:  #
     assert not same_batches(in_process, other_seed)
 
 
-def test_the_checkpointed_count_resumes_the_stream(coded: tuple[Path, Path]) -> None:  # noqa: F811
-    """What Lightning does: count trained batches, save state_dict, load it into a new module."""
+class _OneWeight(L.LightningModule):
+    """The smallest trainable module: what the stream feeds matters here, not what it learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return (self.weight * batch["input"].float().mean()) ** 2
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _SaveInsideStep(L.Callback):
+    """A checkpoint written inside a step, as SLURM's or a user's signal handler may write it."""
+
+    def __init__(self, at_step: int, path: Path) -> None:
+        self.at_step, self.path = at_step, path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                             batch: object, batch_idx: int) -> None:
+        if trainer.global_step == self.at_step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_the_checkpointed_count_resumes_the_stream(coded: tuple[Path, Path],  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """A real fit counts the batches trained; a checkpoint written inside a step counts the
+    batch in flight only once Lightning has trained it (it resumes that batch)."""
     settings = {"patches_per_epoch": 16}
     reference = batches(make_dm(coded, **settings).train_dataloader(), 4)  # one whole epoch
     first = make_dm(coded, **settings)
-    first.trainer = SimpleNamespace(training=True, world_size=1, global_rank=0)
-    for batch in batches(first.train_dataloader(), 3):
-        first.on_before_batch_transfer(batch, 0)
+    inside = tmp_path / "inside_step_2.ckpt"
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[_SaveInsideStep(2, inside)])
+    trainer.fit(_OneWeight(), datamodule=first)
     assert first.state_dict() == {"batches_trained": 3}
+    saved = torch.load(inside, weights_only=False)
+    assert saved["global_step"] == 2 and saved[type(first).__qualname__] == {"batches_trained": 2}
     second = make_dm(coded, **settings)
-    second.load_state_dict(first.state_dict())
-    assert same_batches(list(second.train_dataloader()), reference[3:4])
+    second.load_state_dict(saved[type(first).__qualname__])
+    assert same_batches(list(second.train_dataloader()), reference[2:4])
     validating = make_dm(coded, **settings)
     validating.trainer = SimpleNamespace(training=False)
     validating.on_before_batch_transfer(reference[0], 0)

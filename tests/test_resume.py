@@ -182,6 +182,43 @@ def test_sigkill_then_sigterm_resume_to_the_same_end(synthetic_sid: Path, cache_
     assert_same_as_reference(folder, reference)
 
 
+def test_slurms_time_limit_signal_mid_step_stops_saves_requeues_and_resumes_exactly(
+        synthetic_sid: Path, cache_dir: Path, reference: Path, tmp_path: Path) -> None:
+    """Lightning's own requeue saved hpc_ckpt inside the step: the requeued job skipped the
+    batch in flight and logged every later value a step late. darkraw finishes the step, saves
+    last.ckpt, and runs ``scontrol requeue`` as the process exits."""
+    bin_dir = tmp_path / "bin"  # SLURM's scontrol, which does not exist here: it notes the call
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
+             "SLURM_JOB_NAME": "quickstart", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    args = [*command(synthetic_sid, cache_dir, tmp_path),
+            "+callbacks.time_limit._target_=tests.signal_helpers.SlurmTimeLimitSignalMidStep",
+            "+callbacks.time_limit.at_step=3", f"+callbacks.time_limit.marker={tmp_path / 'sent'}"]
+    first = run_entry_point("train.py", *args, check=False, **slurm)
+    assert first.returncode == 143, first.stderr[-3000:]
+    assert ("darkraw: SLURM's time-limit signal (SIGUSR1) at step 3: stopping after this step "
+            "to save last.ckpt and requeue the job" in first.stderr)
+    folder = output_dir(tmp_path)
+    last = folder / "checkpoints" / "last.ckpt"
+    assert (f"darkraw: stopped by SLURM's time-limit signal at step 4; resume point {last} at "
+            "step 4. The SLURM job is requeued as this process exits" in first.stderr)
+    assert "darkraw: requeued SLURM job 4242" in first.stderr
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert not list(folder.glob("hpc_ckpt_*.ckpt")), "Lightning's own requeue must be off"
+    assert load(last)["global_step"] == 4
+    assert json.loads((folder / "job_status.json").read_text())["status"] == "interrupted"
+
+    requeued = run_entry_point("train.py", *args, **slurm, SLURM_RESTART_COUNT="1")
+    assert f"Restoring states from the checkpoint path at {last}" in requeued.stdout + \
+        requeued.stderr
+    assert_same_as_reference(folder, reference)
+
+
 @pytest.mark.parametrize(("sig", "name", "status"), [(signal.SIGINT, "Ctrl-C", 130),
                                                      (signal.SIGTERM, "SIGTERM", 143)])
 def test_a_stop_signal_to_the_process_group_saves_and_resumes(

@@ -1,0 +1,147 @@
+"""SLURM's time-limit warning: finish the step, save ``last.ckpt``, requeue the job.
+
+SLURM sends SIGUSR1 ahead of the time limit (``#SBATCH --signal=USR1@90``,
+conf/hydra/launcher/slurm.yaml). Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``)
+saves ``hpc_ckpt_<n>.ckpt`` inside the signal handler, wherever training is: in the middle of a
+step, between a batch's transfer and its optimizer step. Lightning resumes such a file by
+counters it never restores exactly (the logging step one ahead, validation out of step), and the
+patch stream had counted the batch in flight. A batch boundary is where every resume in darkraw
+is exact (``callbacks/last_checkpoint.py``), so here the signal only asks for the stop Lightning
+makes for SIGTERM: the step finishes, ``last.ckpt`` is saved, and as the process exits (its
+record written, W&B closed) rank 0 runs ``scontrol requeue``. The requeued job resumes from
+``last.ckpt`` (darkraw/distributed.py ``resume_checkpoint``).
+
+Lightning's requeue is turned off for it (:func:`slurm_environment_plugins`), which also ends its
+bypass of SIGTERM: the SIGTERM that ``scontrol requeue`` or the time limit sends is a stop too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+log = logging.getLogger(__name__)
+
+#: The signal ``conf/hydra/launcher/slurm.yaml`` asks SLURM to send before the time limit.
+REQUEUE_SIGNAL = signal.SIGUSR1
+
+
+def under_slurm() -> bool:
+    """Whether this process is a SLURM task that Lightning takes its ranks from."""
+    from darkraw.distributed import external_launcher
+
+    return external_launcher() == "SLURM"
+
+
+def slurm_environment_plugins(configured: Sequence[Any]) -> list[Any]:
+    """Lightning's SLURM environment without its own requeue, unless one is configured."""
+    if not under_slurm() or any(isinstance(p, ClusterEnvironment) for p in configured):
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def slurm_job_id() -> str | None:
+    """The job to requeue: an array task is ``<array job>_<task>``, as scontrol names it."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_job(job_id: str) -> bool:
+    """``scontrol requeue <job_id>``; says plainly when it fails: the job then just ends."""
+    command = ["scontrol", "requeue", job_id]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        reason = str(error)
+    else:
+        if done.returncode == 0:
+            print(f"darkraw: requeued SLURM job {job_id}: it resumes from last.ckpt when it "
+                  "starts again", file=sys.stderr, flush=True)
+            return True
+        reason = f"exit status {done.returncode}: {(done.stderr or done.stdout).strip()}"
+    print(f"darkraw: error: `{' '.join(command)}` failed ({reason}), so the job is not "
+          "requeued. Submit it again (the same command resumes from last.ckpt); if requeueing "
+          "is off on this cluster (JobRequeue=0), the launcher's additional_parameters.requeue "
+          "must stay true", file=sys.stderr, flush=True)
+    return False
+
+
+class SlurmRequeue(L.Callback):
+    """Turns SLURM's time-limit signal into a stop at the end of the step, then a requeue."""
+
+    def __init__(self) -> None:
+        #: The step at which the signal arrived; None: it did not (darkraw/training.py reads it).
+        self.signalled_step: int | None = None
+        self._previous: Any = None
+        self._installed = False
+        self._trainer: L.Trainer | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signalled_step = None
+        if not under_slurm() or threading.current_thread() is not threading.main_thread():
+            return
+        self._trainer = trainer
+        self._previous = signal.getsignal(REQUEUE_SIGNAL)
+        signal.signal(REQUEUE_SIGNAL, self._on_signal)
+        self._installed = True
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        trainer = self._trainer
+        if trainer is None or self.signalled_step is not None:
+            return
+        self.signalled_step = trainer.global_step
+        # The flag Lightning's SIGTERM handler sets; every rank gets the signal from SLURM, and
+        # rank 0's flag is broadcast each step, so the ranks stop at the same step.
+        trainer._signal_connector.received_sigterm = True
+        if trainer.is_global_zero:
+            print(f"\ndarkraw: SLURM's time-limit signal ({signal.Signals(signum).name}) at step "
+                  f"{trainer.global_step}: stopping after this step to save last.ckpt and "
+                  "requeue the job", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning clears the flag as fit begins: a signal during the checkpoint restore or
+        # the sanity check would be forgotten.
+        if self.signalled_step is not None:
+            trainer._signal_connector.received_sigterm = True
+
+    def requeue_at_exit(self, trainer: L.Trainer) -> bool:
+        """After a stop this signal asked for: rank 0 requeues the job as the process exits.
+
+        At exit, not now: ``scontrol requeue`` sends the job SIGTERM, which would cut short
+        the run's record, W&B's closing and the other ranks' release.
+        """
+        if self.signalled_step is None:
+            return False
+        job_id = slurm_job_id()
+        if trainer.is_global_zero and job_id:
+            atexit.register(requeue_job, job_id)
+        return True
+
+    def _restore(self) -> None:
+        if self._installed:
+            signal.signal(REQUEUE_SIGNAL, self._previous)
+            self._installed = False
+        self._trainer = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
