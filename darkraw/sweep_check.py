@@ -11,28 +11,53 @@ main process, before Hydra creates anything.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from darkraw.cli import compose_config, override_key, sweep_overrides
 from darkraw.errors import DarkrawError
 
 #: Flags that make ``train.py`` a sweep; any other flag (``--cfg``, ``--help``) is Hydra's.
 MULTIRUN_FLAGS = ("-m", "--multirun")
+#: What submitit's SLURM launcher submits with (sbatch) and checks for (srun).
+SLURM_COMMANDS = ("sbatch", "srun")
 
 
-def planned_jobs(config_name: str, overrides: Sequence[str]) -> list[list[str]] | None:
+def sweep_base(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """The sweep's config with Hydra's own, from its fixed (not swept) overrides."""
+    sweeps = set(sweep_overrides(overrides))
+    return compose_config(config_name, [arg for arg in overrides if arg not in sweeps],
+                          with_hydra=True)
+
+
+def launcher_error(base: DictConfig) -> str | None:
+    """Why the sweep's launcher cannot submit from this machine, or None.
+
+    submitit's SLURM launcher ended the sweep in a traceback ("Could not detect srun") after
+    Hydra had made the sweep folder.
+    """
+    target = str(OmegaConf.select(base, "hydra.launcher._target_", default="") or "")
+    if not target.endswith("SlurmLauncher"):
+        return None
+    missing = [name for name in SLURM_COMMANDS if shutil.which(name) is None]
+    if not missing:
+        return None
+    return (f"hydra/launcher=slurm submits each job to SLURM, and this machine has no "
+            f"{' or '.join(missing)} on its PATH: it is not a SLURM login node. Launch the "
+            "sweep from the cluster's login node; on this machine leave hydra/launcher out "
+            "(jobs one after the other) or use hydra/launcher=local (jobs side by side)")
+
+
+def planned_jobs(base: DictConfig, overrides: Sequence[str]) -> list[list[str]] | None:
     """Each job's overrides, as Hydra's basic sweeper expands them (the sweep config's
     ``hydra.sweeper.params`` first, then the command line); None where another sweeper (Optuna)
     chooses the values as it goes: its fixed overrides make one job to check."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    sweeps = set(sweep_overrides(overrides))
-    fixed = [arg for arg in overrides if arg not in sweeps]
-    base = compose_config(config_name, fixed, with_hydra=True)
     target = str(OmegaConf.select(base, "hydra.sweeper._target_", default="") or "")
     if not target.endswith("BasicSweeper"):
         return None
@@ -103,9 +128,13 @@ def sweep_error(config_name: str, argv: Sequence[str]) -> str | None:
     if any(override_key(arg) in ("experiment", "name") for arg in _sweeps(overrides)):
         return None  # refused as a whole by the sweep folder's resolver, in its own words
     try:
-        jobs = planned_jobs(config_name, overrides)
+        base = sweep_base(config_name, overrides)
+        jobs = planned_jobs(base, overrides)
     except Exception:  # Hydra explains what it cannot expand (a bad sweep syntax) itself
         return None
+    message = launcher_error(base)
+    if message:
+        return _not_started("the sweep's launcher", message)
     if jobs is None:  # Optuna: the values it will choose are not known yet
         fixed = [arg for arg in overrides if arg not in set(_sweeps(overrides))]
         message = job_error(config_name, fixed)

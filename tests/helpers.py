@@ -124,3 +124,12 @@ def write_dng_with_levels(path: Path, mosaic: np.ndarray, *, black_level: int,
     writer = RAW2DNG()
     writer.options(tags, path="", compress=False)
     return atomic_write_bytes(path, bytes(writer.convert(mosaic.astype(np.uint16))))
+
+
+def login_node_path(folder: Path) -> str:
+    """A PATH with a SLURM login node's sbatch and srun in ``folder`` (found, never run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("sbatch", "srun"):
+        (folder / name).write_text("#!/bin/sh\nexit 1\n")
+        (folder / name).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"

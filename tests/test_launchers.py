@@ -27,6 +27,7 @@ from tests.helpers import (
     FAST_TRAIN,
     REPO,
     fixture_data_overrides,
+    login_node_path,
     run_entry_point,
     start_train_py_process_group,
 )
@@ -238,7 +239,7 @@ def test_sweeping_the_gpu_request_is_refused_before_launching(tmp_path: Path, la
     """The launcher is configured once per sweep: every job would get the same GPUs."""
     proc = run_entry_point("train.py", "-m", f"hydra/launcher={launcher}", "trainer=ddp", sweep,
                            "model.rdb=after,before", f"paths.root_dir={tmp_path}", check=False,
-                           timeout=120)
+                           timeout=120, PATH=login_node_path(tmp_path / "bin"))
     key = sweep.split("=")[0]
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert (f"darkraw: error: {sweep}: {key} cannot be swept with hydra/launcher={launcher}"

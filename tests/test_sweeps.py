@@ -32,6 +32,7 @@ from tests.helpers import (
     FAST_TRAIN,
     REPO,
     fixture_data_overrides,
+    login_node_path,
     run_entry_point,
     subprocess_env,
 )
@@ -217,14 +218,32 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_starts(
     assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
 
 
-def test_a_gpu_sweep_passes_the_check_on_a_machine_without_gpus() -> None:
+def test_a_gpu_sweep_passes_the_check_on_a_machine_without_gpus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SLURM sweep is launched from a login node: its jobs' GPUs are checked where they run."""
     from darkraw.sweep_check import sweep_error
 
     assert sweep_error("train", ["-m", "trainer=gpu", "model.rdb=after,before"]) is None
+    monkeypatch.setenv("PATH", login_node_path(tmp_path / "bin"))
     assert sweep_error("train", ["-m", "hydra/launcher=slurm", "trainer=ddp",
                                  "trainer.devices=2", "seed=1,2"]) is None
     assert sweep_error("train", ["model.rdb=after"]) is None  # not a sweep: not its business
+
+
+def test_a_slurm_sweep_off_a_slurm_cluster_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit ended it in a traceback ("Could not detect srun") after making the folder."""
+    from darkraw.sweep_check import sweep_error
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands
+    message = sweep_error("train", ["-m", "hydra/launcher=slurm", "seed=1,2"])
+    assert message == (
+        "the sweep's launcher: hydra/launcher=slurm submits each job to SLURM, and this machine "
+        "has no sbatch or srun on its PATH: it is not a SLURM login node. Launch the sweep from "
+        "the cluster's login node; on this machine leave hydra/launcher out (jobs one after the "
+        "other) or use hydra/launcher=local (jobs side by side). No job was started: correct "
+        "the sweep and launch it again")
+    assert sweep_error("train", ["-m", "hydra/launcher=local", "seed=1,2"]) is None
 
 
 def test_sweep_folders_of_two_experiments_differ() -> None:
