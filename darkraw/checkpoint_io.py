@@ -129,7 +129,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         data = buffer.getbuffer()
         ensure_free_space(target.parent, data.nbytes + self.reserve_gb * GB,
-                          f"checkpoint {target.name} ({data.nbytes / MB:.1f} MB)")
+                          f"checkpoint {target.name} ({data.nbytes / MB:.1f} MB)",
+                          margin_setting=f"the checkpoint plus checkpoint_io.reserve_gb="
+                                         f"{self.reserve_gb} left free")
         partial = partial_path(target)
         try:
             with open(partial, "wb") as handle:

@@ -23,15 +23,22 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def ensure_free_space(path: str | Path, needed_bytes: float, what: str) -> None:
-    """Raise :class:`DiskSpaceError` naming the folder and the size needed, if it does not fit."""
+def ensure_free_space(path: str | Path, needed_bytes: float, what: str,
+                      margin_setting: str | None = None) -> None:
+    """Raise :class:`DiskSpaceError` naming the folder and the size needed, if it does not fit.
+
+    ``margin_setting`` (``"min_free_disk_gb=1.0"``) is the config value the size needed comes
+    from, if one does: the error names it, or a user short of a few MB has to search for it.
+    """
     folder = existing_parent(Path(path))
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
+        margin = (f" ({margin_setting} asks for that much: lower it if the run needs less)"
+                  if margin_setting else "")
         raise DiskSpaceError(
             f"not enough free disk space for {what} in {Path(path)}: need "
-            f"{size_text(needed_bytes)}, {size_text(free)} free on the disk of {folder}. "
-            "Free some space or point the path to a larger disk."
+            f"{size_text(needed_bytes)}{margin}, {size_text(free)} free on the disk of "
+            f"{folder}. Free some space or point the path to a larger disk."
         )
 
 

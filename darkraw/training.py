@@ -777,8 +777,9 @@ def train(cfg: DictConfig, on_accepted: Callable[[], None] | None = None) -> Run
     # Lightning would end in torch's traceback on a damaged file; say which and what to do.
     resumed = check_resume_checkpoint(ckpt_path, [*sorted(ckpt_dir.glob("*.ckpt")),
                                                   *requeue_checkpoints(requeue_dir)])
-    ensure_free_space(output_dir, cfg.get("min_free_disk_gb", 1.0) * GB,
-                      "checkpoints, metrics and images")
+    min_free_gb = cfg.get("min_free_disk_gb", 1.0)
+    ensure_free_space(output_dir, min_free_gb * GB, "checkpoints, metrics and images",
+                      margin_setting=f"min_free_disk_gb={min_free_gb}")
     if ckpt_path is None and HydraConfig.initialized() and not is_multirun():
         hint_at_the_run_to_train_longer(output_dir)
 

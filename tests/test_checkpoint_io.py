@@ -81,7 +81,8 @@ def test_refuses_to_write_non_finite_weights(tmp_path: Path) -> None:
 
 def test_checks_free_space_for_the_checkpoint_size(tmp_path: Path) -> None:
     io = AtomicCheckpointIO(reserve_gb=1e6)  # no disk has a petabyte free
-    with pytest.raises(DiskSpaceError, match=r"checkpoint last\.ckpt \(4\.0 MB\).*need"):
+    with pytest.raises(DiskSpaceError, match=r"checkpoint last\.ckpt \(4\.0 MB\).*need .* \(the "
+                       r"checkpoint plus checkpoint_io\.reserve_gb=1000000\.0 left free asks"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(2**20)}}, tmp_path / "last.ckpt")
     assert not any(tmp_path.iterdir())
 

@@ -189,6 +189,18 @@ def test_train_py_names_a_key_the_target_does_not_take(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # before generating or caching any data
 
 
+def test_a_disk_short_of_min_free_disk_gb_names_the_setting(tmp_path: Path) -> None:
+    proc = run_entry_point("train.py", "min_free_disk_gb=1e9", f"paths.root_dir={tmp_path}",
+                           check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("darkraw: error: not enough free disk space for checkpoints, metrics "
+                           "and images in "), last
+    assert ("(min_free_disk_gb=1000000000.0 asks for that much: lower it if the run needs "
+            "less)") in last
+    assert not (tmp_path / "data").exists()  # before generating or caching any data
+
+
 @pytest.mark.parametrize("overrides", [
     (), ("experiment=paper",), ("experiment=ablation_baseline",), ("data=sid",),
     ("trainer=ddp",), ("trainer=gpu",), ("trainer=cpu",),
