@@ -68,7 +68,7 @@ from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
 from lightning_modules.losses import ms_ssim_min_side
 from lightning_modules.module import RestorationModule
-from sweeps.job_status import Terminated
+from sweeps.job_status import StoppedInTraining, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +525,7 @@ def build_plugins(cfg: DictConfig) -> list[Any]:
 
 
 def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
-                 resume_mode: object = "auto") -> SystemExit:
+                 resume_mode: object = "auto") -> StoppedInTraining:
     """SIGTERM'd (or Ctrl-C'd) fit: say where it stopped and how to resume; exit 143 (128 +
     SIGTERM), or 130 (128 + SIGINT).
 
@@ -556,11 +556,12 @@ def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
         sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
         how += (f", adding hydra.sweep.dir={sweep_dir} so that it continues this sweep (its "
                 "finished jobs end at once)")
+    cause = "Ctrl-C" if ctrl_c else "SLURM's time-limit signal" if requeued else "SIGTERM"
+    message = f"stopped by {cause} at step {trainer.global_step}; {where}. {how}."
     if trainer.is_global_zero:
-        cause = "Ctrl-C" if ctrl_c else "SLURM's time-limit signal" if requeued else "SIGTERM"
-        print(f"darkraw: stopped by {cause} at step "
-              f"{trainer.global_step}; {where}. {how}.", file=sys.stderr, flush=True)
-    return SystemExit(130 if ctrl_c else 143)
+        print(f"darkraw: {message}", file=sys.stderr, flush=True)
+    return StoppedInTraining(130 if ctrl_c else 143, message, trainer.global_step,
+                             str(last) if last.is_file() else None)
 
 
 def finish_wandb() -> None:

@@ -10,7 +10,8 @@ job's own folder:
   ``interrupted``; the first start, the last end, wall seconds, steps, final metrics, overrides,
   the error. A job killed from outside with no chance to react (SIGKILL, the OOM killer) stays
   ``running``: the comparison reports it as ``incomplete``. SIGTERM (SLURM's time limit,
-  ``kill``) is recorded as ``interrupted`` at any point of the job, also before training starts.
+  ``kill``) is recorded as ``interrupted`` at any point of the job, also before training starts;
+  a stop in training with the step it stopped at and the checkpoint it resumes from.
 - ``traceback.txt`` and an empty ``FAILED`` marker for a failed job (``ls */FAILED`` finds them).
 - ``.hydra/accepted/``: the ``.hydra`` files of the last launch that passed the start-up checks.
 
@@ -194,6 +195,22 @@ def _starts_over(overrides: Iterable[str]) -> bool:
         if key.lstrip("+~") == "resume" and value.strip().lower() == "false":
             return True
     return False
+
+
+class StoppedInTraining(SystemExit):
+    """A stop during fit that saved where to resume: SIGTERM (143), a first Ctrl-C (130) or
+    SLURM's time-limit signal (143, then requeued); raised by darkraw.training.sigterm_exit.
+
+    It carries the step and the resume point into the job's record: an interrupted job said
+    only "SIGTERM during training", and the comparison guessed its steps from the last logged one.
+    """
+
+    def __init__(self, code: int, message: str, global_step: int,
+                 resume_checkpoint: str | None) -> None:
+        super().__init__(code)
+        #: What the job printed: how it stopped, where it resumes from and how.
+        self.message = message
+        self.global_step, self.resume_checkpoint = global_step, resume_checkpoint
 
 
 class Terminated(SystemExit):
@@ -401,7 +418,12 @@ class JobStatus:
     def interrupted(self, error: BaseException) -> None:
         """Ctrl-C, SIGTERM or ``sys.exit`` inside a job: not a failure of the config, not done."""
         message = str(error)
-        if isinstance(error, Terminated):
+        fields: dict[str, Any] = {}
+        if isinstance(error, StoppedInTraining):
+            message = f"{error.message} (exit status {error.code})"
+            fields = {"global_step": error.global_step,
+                      "resume_checkpoint": error.resume_checkpoint}
+        elif isinstance(error, Terminated):
             message = (f"SIGTERM (exit status {SIGTERM_EXIT}) before or after training; "
                        "relaunch the same command to resume")
         elif isinstance(error, SystemExit) and error.code == SIGTERM_EXIT:
@@ -411,8 +433,10 @@ class JobStatus:
         elif isinstance(error, SystemExit):
             # Lightning answers Ctrl-C with a graceful shutdown and exit(1).
             message = f"exit status {error.code} (Ctrl-C, or the process was told to exit)"
-        self._finish(INTERRUPTED, segment={"error_type": type(error).__name__},
-                     error_type=type(error).__name__, error=message)
+        self._finish(INTERRUPTED, segment={"error_type": type(error).__name__,
+                                           **({"global_step": fields["global_step"]}
+                                              if fields else {})},
+                     error_type=type(error).__name__, error=message, **fields)
 
     # ------------------------------------------------------------------------- SIGTERM
 

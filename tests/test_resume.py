@@ -211,7 +211,9 @@ def test_slurms_time_limit_signal_mid_step_stops_saves_requeues_and_resumes_exac
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
     assert not list(folder.glob("hpc_ckpt_*.ckpt")), "Lightning's own requeue must be off"
     assert load(last)["global_step"] == 4
-    assert json.loads((folder / "job_status.json").read_text())["status"] == "interrupted"
+    record = json.loads((folder / "job_status.json").read_text())
+    assert record["status"] == "interrupted" and record["global_step"] == 4
+    assert record["error"].startswith("stopped by SLURM's time-limit signal at step 4;")
 
     requeued = run_entry_point("train.py", *args, **slurm, SLURM_RESTART_COUNT="1")
     assert f"Restoring states from the checkpoint path at {last}" in requeued.stdout + \
@@ -252,6 +254,11 @@ def test_a_stop_signal_to_the_process_group_saves_and_resumes(
     assert int(match.group(3)) == stopped_at == load(last)["global_step"] < 60
     job_status = json.loads((last.parent.parent / "job_status.json").read_text())
     assert job_status["status"] == "interrupted"
+    # The record says where it stopped and resumes, not only that it did.
+    assert job_status["global_step"] == stopped_at == job_status["segments"][-1]["global_step"]
+    assert job_status["resume_checkpoint"] == str(last)
+    assert job_status["error"] == (f"{match.group(0).removeprefix('darkraw: ')} Relaunch the "
+                                   f"same command to resume (resume=auto). (exit status {status})")
 
     resumed = run_entry_point("train.py", *args)  # the same command continues
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stdout + \
