@@ -401,7 +401,7 @@ class RankReport(L.Callback):
         sampler = getattr(loader, "sampler", None)
         indices: list[int] = []
         if isinstance(sampler, PatchStreamSampler):
-            indices = sampler.peek(self.max_indices)  # iterating would move its cursor
+            indices = sampler.first_samples(self.max_indices)
         elif isinstance(sampler, DistributedSampler):
             indices = [int(i) for i in list(iter(sampler))[: self.max_indices]]
         batch = getattr(loader, "batch_size", None)

@@ -66,6 +66,8 @@ class PatchStreamSampler(DistributedSampler):
         self.global_batch = batch_per_rank * num_replicas
         self.batches_per_epoch = max(1, samples_per_epoch // self.global_batch)
         self.next_batch = start_batch
+        #: The first global batch of this launch (the checkpoint's count on a resume).
+        self.start_batch = start_batch
         # What code that inspects a DistributedSampler reads (Lightning, RankReport).
         self.epoch, self.shuffle, self.seed, self.drop_last = 0, True, 0, True
         self.num_samples = self.batches_per_epoch * batch_per_rank
@@ -87,13 +89,17 @@ class PatchStreamSampler(DistributedSampler):
         first = batch * self.global_batch + self.rank * self.batch_per_rank
         return range(first, first + self.batch_per_rank)
 
-    def peek(self, count: int) -> list[int]:
-        """The first ``count`` sample numbers the next ``iter`` yields, without consuming them."""
+    def first_samples(self, count: int) -> list[int]:
+        """This rank's first ``count`` sample numbers of this launch, wherever the cursor is.
+
+        Not from the cursor: loader workers start iterating before training does (Lightning
+        creates the iterator first), which moves the cursor to the next epoch already.
+        """
         samples: list[int] = []
-        for batch in self.batches_of_next_epoch():
+        batch = self.start_batch
+        while len(samples) < count:
             samples.extend(self.samples_of_batch(batch))
-            if len(samples) >= count:
-                break
+            batch += 1
         return samples[:count]
 
     def __iter__(self) -> Iterator[int]:
@@ -106,4 +112,4 @@ class PatchStreamSampler(DistributedSampler):
 
     def resume_at(self, batch: int) -> None:
         """Continue with global batch ``batch`` (the count of batches trained before)."""
-        self.next_batch = batch
+        self.next_batch = self.start_batch = batch

@@ -150,6 +150,8 @@ def test_two_cpu_ranks_train_one_run(synthetic_sid: Path, tmp_path: Path) -> Non
         "train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=sid",
         f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}", *FAST_TRAIN,
         "data.patches_per_epoch=4", "preflight.enabled=false",
+        # A loader worker per rank: it starts iterating before training (and RankReport) does.
+        "data.num_workers=1",
         # A NaN in rank 1's batch at step 1 only: every rank must skip that step together.
         "+callbacks.poison._target_=tests.health_helpers.RankPoison", timeout=240,
     )

@@ -40,8 +40,10 @@ def test_a_resume_mid_epoch_continues_the_uninterrupted_stream() -> None:
     assert first == reference[15:24]
     assert [s for epoch in epochs(resumed, 2) for s in epoch] == reference[24:48]
     peeked = PatchStreamSampler(samples_per_epoch=12, batch_per_rank=3, start_batch=2)
-    assert peeked.peek(4) == [6, 7, 8, 9] and peeked.peek(100) == [6, 7, 8, 9, 10, 11]
-    assert list(peeked)[:4] == [6, 7, 8, 9]  # peeking consumed nothing
+    assert peeked.first_samples(4) == [6, 7, 8, 9]
+    assert peeked.first_samples(8) == [6, 7, 8, 9, 10, 11, 12, 13]  # on past the epoch's end
+    assert list(peeked)[:4] == [6, 7, 8, 9]  # looking consumed nothing...
+    assert peeked.first_samples(4) == [6, 7, 8, 9]  # ...and iterating does not change it
 
 
 def test_each_pair_once_per_cycle_in_a_seeded_order() -> None:
