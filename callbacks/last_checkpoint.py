@@ -171,15 +171,18 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.validating:
             # Mid-validation: a file saved now would resume into half a validation (metrics of
             # the remaining batches only). The previous last.ckpt redoes the step and all of it.
-            log.info("stopped during validation: resuming from %s redoes it",
-                     self.last_model_path or "the previous last.ckpt")
+            if trainer.is_global_zero:  # one line, not one per rank
+                log.info("stopped during validation: resuming from %s redoes it",
+                         self.last_model_path or "the previous last.ckpt")
             return
         if self._last_global_step_saved == trainer.global_step and self.last_model_path:
-            log.info("stopped: %s already holds step %d", self.last_model_path,
-                     trainer.global_step)
+            if trainer.is_global_zero:
+                log.info("stopped: %s already holds step %d", self.last_model_path,
+                         trainer.global_step)
             return
         self._save_last_now(trainer)
-        log.info("stopped: saved %s at step %d", self.last_model_path, trainer.global_step)
+        if trainer.is_global_zero:
+            log.info("stopped: saved %s at step %d", self.last_model_path, trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"dirpath": self.dirpath, "last_model_path": self.last_model_path}

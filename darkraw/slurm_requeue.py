@@ -13,6 +13,10 @@ record written, W&B closed) rank 0 runs ``scontrol requeue``. The requeued job r
 
 Lightning's requeue is turned off for it (:func:`slurm_environment_plugins`), which also ends its
 bypass of SIGTERM: the SIGTERM that ``scontrol requeue`` or the time limit sends is a stop too.
+
+Under DDP, SLURM signals every task, each when it gets to it; the ranks agree after each step
+whether any was signalled (one small all-reduce per step, only for a SLURM job of several
+ranks), so that all of them stop after the same step.
 """
 
 from __future__ import annotations
@@ -103,19 +107,40 @@ class SlurmRequeue(L.Callback):
         if trainer is None or self.signalled_step is not None:
             return
         self.signalled_step = trainer.global_step
-        # The flag Lightning's SIGTERM handler sets; every rank gets the signal from SLURM, and
-        # rank 0's flag is broadcast each step, so the ranks stop at the same step.
-        trainer._signal_connector.received_sigterm = True
         if trainer.is_global_zero:
             print(f"\ndarkraw: SLURM's time-limit signal ({signal.Signals(signum).name}) at step "
                   f"{trainer.global_step}: stopping after this step to save last.ckpt and "
                   "requeue the job", file=sys.stderr, flush=True)
+        if trainer.world_size == 1:
+            self._stop(trainer)  # also from inside a validation, between its batches
+
+    @staticmethod
+    def _stop(trainer: L.Trainer) -> None:
+        """The flag Lightning's SIGTERM handler sets: it ends fit after the current batch."""
+        trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Under DDP every rank stops after the same step, whichever got the signal when.
+
+        SLURM signals each task on its own: a rank that set Lightning's flag alone would stop
+        a step before the others, which would then wait for it in their next collective (or
+        in its checkpoint's barrier) until the time limit killed the job unsaved.
+        """
+        if trainer.world_size == 1 or not self._installed:
+            return
+        signalled = trainer.strategy.reduce_boolean_decision(self.signalled_step is not None,
+                                                             all=False)
+        if signalled:
+            if self.signalled_step is None:
+                self.signalled_step = trainer.global_step
+            self._stop(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning clears the flag as fit begins: a signal during the checkpoint restore or
         # the sanity check would be forgotten.
-        if self.signalled_step is not None:
-            trainer._signal_connector.received_sigterm = True
+        if self.signalled_step is not None and trainer.world_size == 1:
+            self._stop(trainer)
 
     def requeue_at_exit(self, trainer: L.Trainer) -> bool:
         """After a stop this signal asked for: rank 0 requeues the job as the process exits.

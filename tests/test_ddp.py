@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -271,3 +272,77 @@ def test_slurm_tasks_on_two_nodes_are_joined_into_one_run(synthetic_sid: Path,
     assert [p.relative_to(run) for p in tmp_path.rglob("last.ckpt")] == [
         Path("checkpoints/last.ckpt")
     ]
+
+
+@pytest.mark.slow
+def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once(
+        synthetic_sid: Path, tmp_path: Path) -> None:
+    """SLURM signals each task on its own: a rank that stopped a step before the other left
+    it waiting in a collective until the time limit killed both, unsaved."""
+    bin_dir = tmp_path / "bin"  # SLURM's scontrol, which does not exist here: it notes the call
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    max_steps = 12
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
+            "data=sid", f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
+            *[a for a in FAST_TRAIN
+              if not a.startswith(("trainer.max_steps=", "trainer.val_check_interval="))],
+            f"trainer.max_steps={max_steps}", "trainer.val_check_interval=6", "logger=csv",
+            "callbacks.image_panel=null", "callbacks.last_checkpoint.every_n_train_steps=2",
+            "data.patches_per_epoch=4", "preflight.enabled=false"]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
+             "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "quickstart",
+             "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def launch(segment: str, **extra: str) -> list[tuple[subprocess.Popen[str], Path]]:
+        port = str(_free_port())
+        tasks = []
+        for rank in (0, 1):
+            log = tmp_path / f"{segment}_rank{rank}.log"
+            with open(log, "w") as output:
+                tasks.append((subprocess.Popen(
+                    [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, text=True,
+                    stdout=output, stderr=subprocess.STDOUT,
+                    env=subprocess_env(**slurm, **extra, MASTER_PORT=port,
+                                       SLURM_PROCID=str(rank), SLURM_LOCALID="0",
+                                       SLURM_NODEID=str(rank))), log))
+        return tasks
+
+    def finish(tasks: list[tuple[subprocess.Popen[str], Path]]) -> list[str]:
+        try:
+            for proc, _ in tasks:
+                proc.wait(timeout=240)
+        finally:
+            for proc, _ in tasks:
+                proc.kill()
+        return [log.read_text() for _, log in tasks]
+
+    first = launch("first")
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
+        assert all(proc.poll() is None for proc, _ in first), finish(first)
+        assert time.monotonic() < deadline, "no periodic last.ckpt in time"
+        time.sleep(0.05)
+    # SLURM sends USR1 to every task, 90 s before the limit, each when it gets to it: the
+    # extreme of that, rank 1 alone, must stop both ranks after the same step.
+    first[1][0].send_signal(signal.SIGUSR1)
+    outputs = finish(first)
+    assert [proc.returncode for proc, _ in first] == [143, 143], outputs[0][-4000:]
+    [last] = tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")
+    stopped = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= stopped < max_steps
+    assert (f"darkraw: stopped by SLURM's time-limit signal at step {stopped}; resume point "
+            f"{last} at step {stopped}." in outputs[0]), outputs[0][-4000:]
+    assert "stopped by" not in outputs[1]  # one line for the job, from rank 0
+    assert sum(out.count("stopped: saved") for out in outputs) == 1
+    assert (tmp_path / "calls").read_text().splitlines() == ["requeue 4242"]
+
+    requeued = launch("requeued", SLURM_RESTART_COUNT="1")
+    outputs = finish(requeued)
+    assert [proc.returncode for proc, _ in requeued] == [0, 0], outputs[0][-4000:]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == max_steps
+    assert f"Restoring states from the checkpoint path at {last}" in outputs[0], outputs[0][-4000:]
+    with (last.parent.parent / "csv" / "metrics.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert steps == list(range(max_steps))  # every step trained and logged once
