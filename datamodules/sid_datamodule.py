@@ -6,6 +6,7 @@ unmaps them, so worker memory stays at a few patches whatever the size of the da
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -556,7 +557,43 @@ class SIDDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_trained": self._batches_in_saved_weights()}
+        return {"batches_trained": self._batches_in_saved_weights(), **self._train_set_identity()}
+
+    def _train_set_identity(self) -> dict[str, Any]:
+        """What the patch stream draws from: the training pairs, in order (sample ``n``'s pair
+        is an index into them), as a count and a digest of their names."""
+        dataset = self.datasets.get("train")
+        if dataset is None:
+            return {}
+        names = "\n".join(pair.name for pair in dataset.pairs).encode()
+        return {"train_pairs": len(dataset.pairs),
+                "train_pairs_digest": hashlib.sha256(names).hexdigest()[:16]}
+
+    def _say_if_the_train_set_changed(self, saved: Mapping[str, Any]) -> None:
+        """A resume on another training set continues on other patches: say so, once.
+
+        The settings are compared before training (darkraw/resume.py), but not the data: files
+        added to the set, a new pair list or another ``data.root`` under the same settings
+        changed every later patch of an "exact" resume without a word.
+        """
+        now = self._train_set_identity()
+        if not now or "train_pairs_digest" not in saved:
+            return  # no training set here, or a checkpoint from before the digest
+        if saved["train_pairs_digest"] == now["train_pairs_digest"]:
+            return
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        then, pairs = saved.get("train_pairs"), now["train_pairs"]
+        how = (f"{then} training pairs then, {pairs} now" if then != pairs else
+               f"{pairs} training pairs then and now, but not the same ones or not in the same "
+               "order")
+        log.warning(
+            "the checkpoint's run trained on another training set than %s holds (%s). Its "
+            "patch stream continues at batch %d of this set, so the run goes on with other "
+            "patches than it would have: to resume it exactly, give it the set it trained on; "
+            "to train on this set from the start, relaunch with resume=false",
+            self.root, how, self.batches_trained)
 
     def _batches_in_saved_weights(self) -> int:
         """The batches trained as of a checkpoint written now, counted as Lightning counts them.
@@ -582,6 +619,7 @@ class SIDDataModule(L.LightningDataModule):
         """
         self.batches_trained = int(state_dict.get("batches_trained", 0))
         self._pending = None
+        self._say_if_the_train_set_changed(state_dict)
 
     def _eval_batch(self) -> int:
         return 1 if self.full_image_eval else self.per_device_batch_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,7 +100,8 @@ class _SaveInsideStep(L.Callback):
 
 
 def test_the_checkpointed_count_resumes_the_stream(coded: tuple[Path, Path],  # noqa: F811
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A real fit counts the batches trained; a checkpoint written inside a step counts the
     batch in flight only once Lightning has trained it (it resumes that batch)."""
     settings = {"patches_per_epoch": 16}
@@ -110,12 +112,24 @@ def test_the_checkpointed_count_resumes_the_stream(coded: tuple[Path, Path],  # 
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[_SaveInsideStep(2, inside)])
     trainer.fit(_OneWeight(), datamodule=first)
-    assert first.state_dict() == {"batches_trained": 3}
+    assert first.state_dict()["batches_trained"] == 3
     saved = torch.load(inside, weights_only=False)
-    assert saved["global_step"] == 2 and saved[type(first).__qualname__] == {"batches_trained": 2}
+    state = saved[type(first).__qualname__]
+    assert saved["global_step"] == 2 and state["batches_trained"] == 2
+    assert state["train_pairs"] == len(first.datasets["train"].pairs)
     second = make_dm(coded, **settings)
-    second.load_state_dict(saved[type(first).__qualname__])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datamodules.sid_datamodule"):
+        second.load_state_dict(state)
+    assert not caplog.records  # the same set: nothing to say
     assert same_batches(list(second.train_dataloader()), reference[2:4])
+    # Another set (fewer pairs here) under the same settings: the stream goes on, said once.
+    other = make_dm(coded, **{**settings, "fraction": 0.5})
+    with caplog.at_level(logging.WARNING, logger="datamodules.sid_datamodule"):
+        other.load_state_dict(state)
+    [record] = caplog.records
+    assert (f"({state['train_pairs']} training pairs then, {len(other.datasets['train'].pairs)} "
+            "now). Its patch stream continues at batch 2 of this set") in record.getMessage()
     validating = make_dm(coded, **settings)
     validating.trainer = SimpleNamespace(training=False)
     validating.on_before_batch_transfer(reference[0], 0)
