@@ -73,13 +73,11 @@ def job_error(config_name: str, job: Sequence[str]) -> str | None:
     from darkraw.instantiate import instantiate_checked
     from darkraw.training import build_module, check_config
 
-    message = composition_error(config_name, job)
-    if message:
-        return message
     try:
-        cfg = compose_config(config_name, job)
-    except Exception:  # what composition_error cannot word: Hydra says it when the job runs
-        return None
+        cfg = compose_config(config_name, job)  # once per job: a sweep has many
+    except Exception:
+        # Worded where it can be; the rest Hydra says when the job runs.
+        return composition_error(config_name, job)
     darkraw_log = logging.getLogger("darkraw")
     was_disabled, darkraw_log.disabled = darkraw_log.disabled, True
     try:
