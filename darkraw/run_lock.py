@@ -9,10 +9,7 @@ when its holder exits, however it dies, so there is no stale lock to clean up on
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import socket
 import sys
 import time
@@ -20,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from darkraw.errors import DarkrawError
+from darkraw.lock_holder import describe_holder, read_holder, write_holder
 
 log = logging.getLogger("darkraw")
 
@@ -34,27 +32,6 @@ _POLL_S = 2.0
 
 class RunFolderInUse(DarkrawError):
     """Another live process trains in this run folder."""
-
-
-def _holder(handle: IO[str]) -> dict[str, Any]:
-    try:
-        handle.seek(0)
-        holder = json.loads(handle.read() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def describe_holder(holder: dict[str, Any]) -> str:
-    """``pid 123 on node7, since 2026-12-04 21:14:03``, from what the holder wrote (its command
-    is in the file too, for whoever opens it, but would bury the message)."""
-    if "pid" not in holder:
-        return "holder unknown"
-    text = f"pid {holder['pid']} on {holder.get('host', '?')}"
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        text += ", since " + time.strftime("%Y-%m-%d %H:%M:%S",
-                                           time.localtime(float(holder["started"])))
-    return text
 
 
 class RunFolderLock:
@@ -80,7 +57,7 @@ class RunFolderLock:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = _holder(handle)
+                holder = read_holder(handle)
                 other_host = holder.get("host") not in (None, socket.gethostname())
                 now = time.monotonic()
                 if waited_since is None and other_host and self.other_host_grace_s > 0:
@@ -97,12 +74,7 @@ class RunFolderLock:
                 log.warning("could not lock %s (%s): a second launch into this folder would "
                             "not be refused", self.path, error)
                 return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.time(),
-                                 "command": " ".join(["python", *sys.argv])}))
-        handle.flush()
+        write_holder(handle, command=" ".join(["python", *sys.argv]))
         self._handle = handle
 
     def _in_use_message(self, holder: dict[str, Any]) -> str:

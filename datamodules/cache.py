@@ -46,6 +46,7 @@ from tqdm import tqdm
 from darkraw.cli import at_least_one
 from darkraw.disk import GB, ensure_free_space, free_gb, is_disk_full, replaced_when_complete
 from darkraw.errors import ConfigError, DarkrawError, DataError, DiskSpaceError
+from darkraw.lock_holder import describe_holder, read_holder, write_holder
 from datamodules.amplification import (
     DEFAULT_M,
     MAX_AMPLIFICATION,
@@ -489,17 +490,6 @@ def _disk_full_error(cache_dir: Path, what: str) -> DiskSpaceError:
     )
 
 
-def _lock_holder(handle: Any) -> str:
-    """Who holds the build lock, as its holder wrote it (pid, host, start time); '' if unknown."""
-    try:
-        handle.seek(0)
-        holder = json.loads(handle.read() or "{}")
-        started = time.strftime("%H:%M:%S", time.localtime(float(holder["started"])))
-        return f"pid {holder['pid']} on {holder['host']}, since {started}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
 @contextlib.contextmanager
 def _build_lock(cache_dir: Path) -> Iterator[None]:
     """Serialise concurrent builders (e.g. sweep jobs sharing a cache); best effort on NFS.
@@ -519,20 +509,15 @@ def _build_lock(cache_dir: Path) -> Iterator[None]:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _lock_holder(handle)
                 log.warning(
                     "another process is building the darkraw cache in %s (%s); waiting for it "
                     "to finish (its entries are reused). If no such process is alive, delete %s.",
-                    cache_dir, holder or "holder unknown", path,
+                    cache_dir, describe_holder(read_holder(handle)), path,
                 )
                 waited = time.monotonic()
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 log.info("cache lock acquired after %.0f s", time.monotonic() - waited)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                     "started": time.time()}))
-            handle.flush()
+            write_holder(handle)
         except OSError:
             log.warning("could not lock %s; building without a lock", path)
         yield
