@@ -311,8 +311,11 @@ def exit_on_composition_error(config_name: str, argv: Sequence[str]) -> None:
         print(f"darkraw: warning: {warning}", file=sys.stderr)
     message = composition_error(config_name, argv)
     if not message:
-        from darkraw.sweep_check import sweep_error
+        from darkraw.sweep_check import check_sweep
 
-        message = sweep_error(config_name, argv)
+        checked = check_sweep(config_name, argv)
+        for warning in checked.warnings:
+            print(f"darkraw: warning: {warning}", file=sys.stderr)
+        message = checked.error
     if message:
         exit_with_user_error(ConfigError(message))

@@ -208,10 +208,18 @@ def same_run_with_other_max_steps(run_dir: Path, overrides: Iterable[str],
     starts over there, hours from the run it was meant to continue, without a word.
     """
     run_dir = Path(run_dir)
+    siblings = sorted(p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir)
+    return runs_with_other_max_steps(siblings, overrides, excluded)
+
+
+def runs_with_other_max_steps(folders: Iterable[Path], overrides: Iterable[str],
+                              excluded: Iterable[str]) -> list[tuple[Path, str | None]]:
+    """Those of the run ``folders`` with a checkpoint whose overrides differ from ``overrides``
+    only in ``trainer.max_steps``, with that value (None: the config's own)."""
     excluded = set(excluded)
     mine, my_steps = _identity(overrides, excluded)
     found = []
-    for folder in sorted(p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir):
+    for folder in folders:
         recorded = folder / ".hydra" / "overrides.yaml"
         if not recorded.is_file() or not (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
             continue

@@ -11,9 +11,12 @@ main process, before Hydra creates anything.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -117,32 +120,83 @@ def _sweeps(argv: Sequence[str]) -> list[str]:
         return []
 
 
-def sweep_error(config_name: str, argv: Sequence[str]) -> str | None:
-    """The first job of the sweep ``argv`` that would be refused, and why; None when all pass
-    (or ``argv`` is not a sweep, or holds flags other than ``-m`` that are Hydra's)."""
+@dataclass
+class SweepCheck:
+    """What the check of a sweep found: the error that refuses it, and warnings to say first."""
+
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_sweep(config_name: str, argv: Sequence[str]) -> SweepCheck:
+    """Every job of the sweep ``argv`` checked; nothing to say when ``argv`` is not a sweep, or
+    holds flags other than ``-m`` that are Hydra's."""
     overrides = [arg for arg in argv if arg not in MULTIRUN_FLAGS]
     if any(arg.startswith("-") for arg in overrides) or not is_sweep(config_name, argv):
-        return None
+        return SweepCheck()
     if any(override_key(arg) in ("experiment", "name") for arg in _sweeps(overrides)):
-        return None  # refused as a whole by the sweep folder's resolver, in its own words
+        return SweepCheck()  # refused as a whole by the sweep folder's resolver, in its words
     try:
         base = sweep_base(config_name, overrides)
         jobs = planned_jobs(base, overrides)
     except Exception:  # Hydra explains what it cannot expand (a bad sweep syntax) itself
-        return None
+        return SweepCheck()
     message = launcher_error(base)
     if message:
-        return _not_started("the sweep's launcher", message)
+        return SweepCheck(_not_started("the sweep's launcher", message))
     if jobs is None:  # Optuna: the values it will choose are not known yet
         fixed = [arg for arg in overrides if arg not in set(_sweeps(overrides))]
         message = job_error(config_name, fixed)
-        return _not_started("the sweep's fixed overrides", message) if message else None
+        return SweepCheck(_not_started("the sweep's fixed overrides", message) if message
+                          else None)
     for number, job in enumerate(jobs, start=1):
         message = job_error(config_name, job)
         if message:
             swept = [arg for arg in job if arg not in overrides] or job
-            return _not_started(f"job {number} of {len(jobs)} ({' '.join(swept)})", message)
-    return None
+            return SweepCheck(_not_started(f"job {number} of {len(jobs)} ({' '.join(swept)})",
+                                           message))
+    hint = train_longer_hint(base, jobs)
+    return SweepCheck(warnings=[hint] if hint else [])
+
+
+def sweep_error(config_name: str, argv: Sequence[str]) -> str | None:
+    """The first job of the sweep ``argv`` that would be refused, and why; None when all pass."""
+    return check_sweep(config_name, argv).error
+
+
+def train_longer_hint(base: DictConfig, jobs: Sequence[Sequence[str]]) -> str | None:
+    """Jobs this sweep would start from scratch that an earlier sweep trained, with a checkpoint,
+    to another ``trainer.max_steps``: most likely meant to be trained on.
+
+    ``trainer.max_steps`` names the job folders, so "the same sweep, longer" makes new folders:
+    the earlier jobs are found among the experiment's sweeps (``multirun/<date>/<time>/<job>``)
+    or, for a sweep folder given with ``hydra.sweep.dir``, beside the new jobs.
+    """
+    from darkraw.resume import runs_with_other_max_steps
+
+    try:
+        sweep_dir = Path(str(OmegaConf.select(base, "hydra.sweep.dir"))).absolute()
+        excluded = list(OmegaConf.select(
+            base, "hydra.job.config.override_dirname.exclude_keys", default=None) or [])
+    except Exception:  # an unresolvable folder: no hint, the sweep says the rest
+        return None
+    root = sweep_dir.parent.parent
+    searched, pattern = ((root, "*/*/*/.hydra/overrides.yaml") if root.name == "multirun" else
+                         (sweep_dir, "*/.hydra/overrides.yaml"))
+    folders = sorted(path.parent.parent for path in searched.glob(pattern))
+    found = [(job, runs) for job in jobs
+             if (runs := runs_with_other_max_steps(folders, job, excluded))]
+    if not found:
+        return None
+    job, [(folder, steps), *_] = found[0]
+    sweeps = sorted({str(folder.parent) for _, runs in found for folder, _ in runs})
+    trained_to = steps if steps is not None else "the config's value"
+    command = shlex.join(["python", "train.py", *job, f"hydra.run.dir={folder}"])
+    return (f"{len(found)} of the {len(jobs)} jobs of this sweep were trained before to another "
+            f"trainer.max_steps, with a checkpoint, in {', '.join(sweeps)}; this sweep trains "
+            "them from scratch in new folders (trainer.max_steps names them). To train one of "
+            "those jobs longer instead, run it alone in its folder, e.g. the first (trained to "
+            f"trainer.max_steps={trained_to}): {command}")
 
 
 def _not_started(which: str, message: str) -> str:

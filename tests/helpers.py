@@ -133,3 +133,16 @@ def login_node_path(folder: Path) -> str:
         (folder / name).write_text("#!/bin/sh\nexit 1\n")
         (folder / name).chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def recorded_run(folder: Path, overrides: list[str], checkpoint: bool = True) -> Path:
+    """A run folder as train.py leaves it, for the look-ups that read one: its Hydra overrides
+    and (with ``checkpoint``) a ``checkpoints/last.ckpt`` (its bytes are not read)."""
+    from omegaconf import OmegaConf
+
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    return folder

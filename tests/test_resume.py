@@ -24,6 +24,7 @@ from tests.helpers import (
     FAST_TRAIN,
     REPO,
     fixture_data_overrides,
+    recorded_run,
     run_entry_point,
     start_train_py_process_group,
     subprocess_env,
@@ -300,18 +301,10 @@ def test_a_second_launch_into_a_training_runs_folder_is_refused(
 def test_the_run_to_train_longer_is_found_by_its_other_overrides(tmp_path: Path) -> None:
     """Only a folder differing in trainer.max_steps alone, and holding a checkpoint, is meant;
     keys that do not name folders (paths, workers) may differ."""
-    from omegaconf import OmegaConf
-
     from darkraw.resume import same_run_with_other_max_steps
 
     def run(name: str, overrides: list[str], checkpoint: bool = True) -> Path:
-        folder = tmp_path / name
-        (folder / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
-        if checkpoint:
-            (folder / "checkpoints").mkdir()
-            (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
-        return folder
+        return recorded_run(tmp_path / name, overrides, checkpoint)
 
     shorter = run("a", ["model.rdb=after", "trainer.max_steps=100", "data.num_workers=8"])
     run("b", ["model.rdb=before", "trainer.max_steps=100"])  # another network

@@ -33,6 +33,7 @@ from tests.helpers import (
     REPO,
     fixture_data_overrides,
     login_node_path,
+    recorded_run,
     run_entry_point,
     subprocess_env,
 )
@@ -500,3 +501,33 @@ def test_rerun_optuna_sweep_continues_its_study(synthetic_sid: Path, cache_dir: 
                  for j in job_dirs(sweep))
     assert lrs == ["0.0003", "0.0005"]  # the rerun trial used the interrupted one's folder
     assert OmegaConf.load(sweep / "optimization_results.yaml").name == "optuna"
+
+
+def test_a_sweep_trained_before_to_another_length_is_pointed_at(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """trainer.max_steps names the job folders: "the same sweep, longer" started every job
+    from scratch in new folders, with the earlier sweep's checkpoints beside them unused."""
+    from darkraw.cli import exit_on_composition_error
+
+    earlier = tmp_path / "outputs" / "quickstart" / "multirun" / "2026-12-01" / "10-00-00"
+
+    def job(name: str, overrides: list[str], checkpoint: bool = True) -> Path:
+        return recorded_run(earlier / name, overrides, checkpoint)
+
+    root = f"paths.root_dir={tmp_path}"
+    after = job("rdb_after", ["model.rdb=after", "trainer.max_steps=100", root])
+    job("rdb_before", ["model.rdb=before", "trainer.max_steps=100", root], checkpoint=False)
+    job("lr", ["model.rdb=after", "trainer.max_steps=100", "optimizer.lr=0.01", root])
+    args = ["-m", "model.rdb=after,before", "trainer.max_steps=200", root]
+    exit_on_composition_error("train", args)  # a warning, not a refusal
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "darkraw: warning: 1 of the 2 jobs of this sweep were trained before to another "
+        f"trainer.max_steps, with a checkpoint, in {earlier}; this sweep trains them from scratch "
+        "in new folders (trainer.max_steps names them). To train one of those jobs longer "
+        "instead, run it alone in its folder, e.g. the first (trained to trainer.max_steps=100): "
+        f"python train.py model.rdb=after trainer.max_steps=200 {root} hydra.run.dir={after}"), err
+    # The same length is the same sweep again, not one to train longer.
+    exit_on_composition_error("train", ["-m", "model.rdb=after,before", "trainer.max_steps=100",
+                                        root])
+    assert capsys.readouterr().err == ""
