@@ -59,6 +59,7 @@ def main(cfg: DictConfig) -> float:
 def run_job(cfg: DictConfig, folder_lock: RunFolderLock) -> float:
     """The job, its record kept in ``job_status.json``; ``folder_lock`` is held throughout."""
     from darkraw.run_lock import LOCK_NAME
+    from darkraw.slurm_requeue import requeue_at_once_outside_fit
     from darkraw.training import (
         is_multirun,
         job_log_name,
@@ -71,8 +72,9 @@ def run_job(cfg: DictConfig, folder_lock: RunFolderLock) -> float:
     # <job folder>/job_status.json says how this job ended (read by `python -m sweeps.compare`).
     status = JobStatus(cfg.paths.output_dir, job_overrides())
     try:
-        status.start()
-        summary = train(cfg, on_accepted=status.accept)
+        with requeue_at_once_outside_fit():  # SLURM's time-limit signal before or after fit
+            status.start()
+            summary = train(cfg, on_accepted=status.accept)
     except DarkrawError as error:
         if isinstance(error, ConfigError) and not status.accepted_launch and not is_multirun():
             # Refused at start: an earlier run in this folder keeps its record, a new folder goes.

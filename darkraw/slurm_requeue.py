@@ -22,18 +22,21 @@ ranks), so that all of them stop after the same step.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+from darkraw.distributed import env_global_rank, external_launcher
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ REQUEUE_SIGNAL = signal.SIGUSR1
 
 def under_slurm() -> bool:
     """Whether this process is a SLURM task that Lightning takes its ranks from."""
-    from darkraw.distributed import external_launcher
-
     return external_launcher() == "SLURM"
 
 
@@ -81,6 +82,38 @@ def requeue_job(job_id: str) -> bool:
           "is off on this cluster (JobRequeue=0), the launcher's additional_parameters.requeue "
           "must stay true", file=sys.stderr, flush=True)
     return False
+
+
+@contextlib.contextmanager
+def requeue_at_once_outside_fit() -> Iterator[None]:
+    """Outside fit (the data, the cache build, the pre-flight check, testing) the time-limit
+    signal requeues the job at once; the SIGTERM SLURM then sends ends it as any stop there does.
+
+    Nothing there is a step to finish, and what is half done is completed by the requeued job
+    (train.py says so). Left to SLURM's default, SIGUSR1 ended the job unrequeued: on a first
+    start the cache build of the whole set can take longer than a time limit's warning.
+    :class:`SlurmRequeue` takes over during fit and puts this back after it.
+    """
+    if not under_slurm() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = False
+
+    def requeue_now(signum: int, frame: FrameType | None) -> None:
+        nonlocal asked
+        job_id = slurm_job_id()
+        if asked or env_global_rank() != 0 or not job_id:
+            return
+        asked = True
+        print(f"\ndarkraw: SLURM's time-limit signal ({signal.Signals(signum).name}) outside "
+              "training: requeueing the job now", file=sys.stderr, flush=True)
+        requeue_job(job_id)
+
+    previous = signal.signal(REQUEUE_SIGNAL, requeue_now)
+    try:
+        yield
+    finally:
+        signal.signal(REQUEUE_SIGNAL, previous)
 
 
 class SlurmRequeue(L.Callback):

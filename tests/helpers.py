@@ -146,3 +146,23 @@ def recorded_run(folder: Path, overrides: list[str], checkpoint: bool = True) ->
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
     return folder
+
+
+#: A SLURM task's environment: one task, the job 4242 (Lightning detects SLURM from it).
+SLURM_TASK_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
+                  "SLURM_JOB_NAME": "quickstart", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+                  "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def stand_in_scontrol(folder: Path, status: int = 0, message: str = "",
+                      then: str = "") -> tuple[str, Path]:
+    """SLURM's scontrol, which does not exist here: it notes its arguments (one call a line in
+    the returned file), prints ``message``, runs the shell line ``then`` (what SLURM does next,
+    e.g. SIGTERM to the job) and exits with ``status``. Returns a PATH with it first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    calls = folder / "scontrol.calls"
+    script = folder / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "{message}" >&2\n{then}\n'
+                      f"exit {status}\n")
+    script.chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}", calls

@@ -26,7 +26,7 @@ from darkraw.distributed import (
     rank_command,
     resume_checkpoint,
 )
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point, subprocess_env
+from tests.helpers import FAST_TRAIN, REPO, run_entry_point, stand_in_scontrol, subprocess_env
 
 
 @pytest.mark.parametrize(
@@ -279,10 +279,7 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
         synthetic_sid: Path, tmp_path: Path) -> None:
     """SLURM signals each task on its own: a rank that stopped a step before the other left
     it waiting in a collective until the time limit killed both, unsaved."""
-    bin_dir = tmp_path / "bin"  # SLURM's scontrol, which does not exist here: it notes the call
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
-    (bin_dir / "scontrol").chmod(0o755)
+    path, calls = stand_in_scontrol(tmp_path / "bin")
     max_steps = 12
     args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
             "data=sid", f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
@@ -293,7 +290,7 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
             "data.patches_per_epoch=4", "preflight.enabled=false"]
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
              "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "quickstart",
-             "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+             "SLURM_NODELIST": "localhost", "PATH": path}
 
     def launch(segment: str, **extra: str) -> list[tuple[subprocess.Popen[str], Path]]:
         port = str(_free_port())
@@ -336,7 +333,7 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
             f"{last} at step {stopped}." in outputs[0]), outputs[0][-4000:]
     assert "stopped by" not in outputs[1]  # one line for the job, from rank 0
     assert sum(out.count("stopped: saved") for out in outputs) == 1
-    assert (tmp_path / "calls").read_text().splitlines() == ["requeue 4242"]
+    assert calls.read_text().splitlines() == ["requeue 4242"]
 
     requeued = launch("requeued", SLURM_RESTART_COUNT="1")
     outputs = finish(requeued)

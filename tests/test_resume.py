@@ -23,9 +23,11 @@ import torch
 from tests.helpers import (
     FAST_TRAIN,
     REPO,
+    SLURM_TASK_ENV,
     fixture_data_overrides,
     recorded_run,
     run_entry_point,
+    stand_in_scontrol,
     start_train_py_process_group,
     subprocess_env,
 )
@@ -188,15 +190,8 @@ def test_slurms_time_limit_signal_mid_step_stops_saves_requeues_and_resumes_exac
     """Lightning's own requeue saved hpc_ckpt inside the step: the requeued job skipped the
     batch in flight and logged every later value a step late. darkraw finishes the step, saves
     last.ckpt, and runs ``scontrol requeue`` as the process exits."""
-    bin_dir = tmp_path / "bin"  # SLURM's scontrol, which does not exist here: it notes the call
-    bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
-    scontrol.chmod(0o755)
-    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1",
-             "SLURM_JOB_NAME": "quickstart", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
-             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    path, calls = stand_in_scontrol(tmp_path / "bin")
+    slurm = {**SLURM_TASK_ENV, "PATH": path}
     args = [*command(synthetic_sid, cache_dir, tmp_path),
             "+callbacks.time_limit._target_=tests.signal_helpers.SlurmTimeLimitSignalMidStep",
             "+callbacks.time_limit.at_step=3", f"+callbacks.time_limit.marker={tmp_path / 'sent'}"]
@@ -209,7 +204,7 @@ def test_slurms_time_limit_signal_mid_step_stops_saves_requeues_and_resumes_exac
     assert (f"darkraw: stopped by SLURM's time-limit signal at step 4; resume point {last} at "
             "step 4. The SLURM job is requeued as this process exits" in first.stderr)
     assert "darkraw: requeued SLURM job 4242" in first.stderr
-    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert calls.read_text().split() == ["requeue", "4242"]
     assert not list(folder.glob("hpc_ckpt_*.ckpt")), "Lightning's own requeue must be off"
     assert load(last)["global_step"] == 4
     record = json.loads((folder / "job_status.json").read_text())
@@ -220,6 +215,42 @@ def test_slurms_time_limit_signal_mid_step_stops_saves_requeues_and_resumes_exac
     assert f"Restoring states from the checkpoint path at {last}" in requeued.stdout + \
         requeued.stderr
     assert_same_as_reference(folder, reference)
+
+
+def test_slurms_time_limit_signal_before_training_requeues_at_once(
+        synthetic_sid: Path, tmp_path: Path) -> None:
+    """Before fit (data, cache, pre-flight check) SLURM's default for USR1 ended the job
+    unrequeued. It is requeued at once; SLURM's SIGTERM after it stops the job as ever."""
+    # As SLURM does after a requeue: SIGTERM to the job's process, a moment later.
+    path, calls = stand_in_scontrol(tmp_path / "bin",
+                                    then="(sleep 1; kill -TERM $PPID) >/dev/null 2>&1 &")
+    args = command(synthetic_sid, tmp_path / "cache", tmp_path)  # a cache of its own to build
+    err = tmp_path / "stderr"
+    with open(tmp_path / "stdout", "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                                env=subprocess_env(**SLURM_TASK_ENV, PATH=path), stdout=stdout,
+                                stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        # The job's record exists once the handler is in place; the cache is built after it.
+        while not list(tmp_path.glob("outputs/*/runs/*/job_status.json")):
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "train.py never started its job"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = err.read_text()
+    assert proc.returncode == 143, text[-3000:]
+    assert ("darkraw: SLURM's time-limit signal (SIGUSR1) outside training: requeueing the job "
+            "now" in text), text[-3000:]
+    assert "darkraw: requeued SLURM job 4242" in text
+    assert "stopped by SIGTERM before training" in text
+    assert calls.read_text().split() == ["requeue", "4242"]
+    [record] = tmp_path.glob("outputs/*/runs/*/job_status.json")
+    assert json.loads(record.read_text())["status"] == "interrupted"
 
 
 @pytest.mark.parametrize(("sig", "name", "status"), [(signal.SIGINT, "Ctrl-C", 130),

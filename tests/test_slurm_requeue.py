@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
 from darkraw.slurm_requeue import requeue_job, slurm_environment_plugins, slurm_job_id
-
-SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "quickstart", "SLURM_JOB_ID": "4242",
-              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+from tests.helpers import SLURM_TASK_ENV, stand_in_scontrol
 
 
 @pytest.fixture
 def slurm_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in SLURM_TASK.items():
+    for name, value in SLURM_TASK_ENV.items():
         monkeypatch.setenv(name, value)
-
-
-def fake_scontrol(folder: Path, monkeypatch: pytest.MonkeyPatch, status: int,
-                  message: str = "") -> Path:
-    """SLURM's scontrol, absent here: notes its arguments and exits with ``status``."""
-    folder.mkdir()
-    calls = folder / "calls"
-    script = folder / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "{message}" >&2\nexit {status}\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    return calls
 
 
 def test_lightnings_own_requeue_is_off_under_slurm_only(slurm_task: None,
@@ -52,7 +37,8 @@ def test_an_array_task_is_requeued_by_its_array_name(slurm_task: None,
 
 def test_requeue_runs_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    calls = fake_scontrol(tmp_path / "bin", monkeypatch, 0)
+    path, calls = stand_in_scontrol(tmp_path / "bin")
+    monkeypatch.setenv("PATH", path)
     assert requeue_job("4240_2")
     assert calls.read_text().split() == ["requeue", "4240_2"]
     assert "darkraw: requeued SLURM job 4240_2" in capsys.readouterr().err
@@ -60,7 +46,8 @@ def test_requeue_runs_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_a_failed_requeue_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    fake_scontrol(tmp_path / "bin", monkeypatch, 1, "Requested operation is presently disabled")
+    path, _ = stand_in_scontrol(tmp_path / "bin", 1, "Requested operation is presently disabled")
+    monkeypatch.setenv("PATH", path)
     assert not requeue_job("4242")
     err = capsys.readouterr().err
     assert ("darkraw: error: `scontrol requeue 4242` failed (exit status 1: Requested operation "
