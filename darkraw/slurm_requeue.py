@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -37,8 +36,6 @@ import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from darkraw.distributed import env_global_rank, external_launcher
-
-log = logging.getLogger(__name__)
 
 #: The signal ``conf/hydra/launcher/slurm.yaml`` asks SLURM to send before the time limit.
 REQUEUE_SIGNAL = signal.SIGUSR1
