@@ -184,7 +184,11 @@ def train_longer_hint(base: DictConfig, jobs: Sequence[Sequence[str]]) -> str | 
     searched, pattern = ((root, "*/*/*/.hydra/overrides.yaml") if root.name == "multirun" else
                          (sweep_dir, "*/.hydra/overrides.yaml"))
     folders = sorted(path.parent.parent for path in searched.glob(pattern))
-    found = [(job, runs) for job in jobs
+    # A job folder records its task overrides only: Hydra's own (the sweep folder, the
+    # launcher) are not the job's.
+    tasks = [[a for a in job if not override_key(a).startswith(("hydra.", "hydra/"))]
+             for job in jobs]
+    found = [(job, runs) for job in tasks
              if (runs := runs_with_other_max_steps(folders, job, excluded))]
     if not found:
         return None
