@@ -529,7 +529,7 @@ def test_a_sweep_trained_before_to_another_length_is_pointed_at(
         f"python train.py model.rdb=after trainer.max_steps=200 {root} hydra.run.dir={after}"), err
     # Named with hydra.sweep.dir (Hydra's overrides are not the jobs'): found beside them.
     exit_on_composition_error("train", [*args, f"hydra.sweep.dir={earlier}",
-                                        "hydra/launcher=local"])
+                                        "hydra/launcher=local", "hydra.launcher.timeout_min=60"])
     assert "1 of the 2 jobs of this sweep were trained before" in capsys.readouterr().err
     # The same length is the same sweep again, not one to train longer.
     exit_on_composition_error("train", ["-m", "model.rdb=after,before", "trainer.max_steps=100",
