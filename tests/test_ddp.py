@@ -280,7 +280,7 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
     """SLURM signals each task on its own: a rank that stopped a step before the other left
     it waiting in a collective until the time limit killed both, unsaved."""
     path, calls = stand_in_scontrol(tmp_path / "bin")
-    max_steps = 12
+    max_steps = 8
     args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
             "data=sid", f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
             *[a for a in FAST_TRAIN
