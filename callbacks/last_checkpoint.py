@@ -27,10 +27,11 @@ Ctrl-C during fit: Lightning would raise KeyboardInterrupt wherever the process 
 inside an optimiser step, so nothing can be saved safely) and exit 1, losing every step since the
 last save. With ``save_on_ctrl_c`` a first Ctrl-C is handled like SIGTERM instead: it sets the
 flag Lightning's SIGTERM handler sets (``trainer._signal_connector.received_sigterm``; under DDP
-rank 0's flag is broadcast every step), so the current step finishes, ``last.ckpt`` is saved and
-darkraw exits 130 (128 + SIGINT). The handler then puts the previous one back: a second Ctrl-C
-stops at once, as before. DataLoader workers ignore SIGINT (datamodules/sid_datamodule.py), or
-the terminal's Ctrl-C would end them under the training loop's feet.
+the ranks agree on the step first, darkraw/stop_sync.py), so the current step finishes,
+``last.ckpt`` is saved and darkraw exits 130 (128 + SIGINT). The handler then puts the previous
+one back: a second Ctrl-C stops at once, as before. DataLoader workers ignore SIGINT
+(datamodules/sid_datamodule.py), or the terminal's Ctrl-C would end them under the training
+loop's feet.
 
 Writes go through the Trainer's CheckpointIO (``darkraw.checkpoint_io.AtomicCheckpointIO``): a
 kill during a write leaves the previous ``last.ckpt``. ``save_last=True`` (not ``"link"``) makes
@@ -53,6 +54,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from darkraw.errors import ConfigError
+from darkraw.stop_sync import ask_to_stop
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ class LastCheckpoint(ModelCheckpoint):
         def first_ctrl_c(signum: int, frame: FrameType | None) -> None:
             self._restore_sigint()  # a second Ctrl-C: the previous behaviour, at once
             self.ctrl_c_step = trainer.global_step
-            trainer._signal_connector.received_sigterm = True
+            ask_to_stop(trainer, "Ctrl-C")  # under DDP, every rank after the same step
             if trainer.is_global_zero:
                 print("\ndarkraw: Ctrl-C: stopping after this step and saving last.ckpt (Ctrl-C "
                       "again to quit at once, without saving)", file=sys.stderr, flush=True)

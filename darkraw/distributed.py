@@ -447,5 +447,6 @@ def distributed_callbacks(output_dir: str | Path) -> list[L.Callback]:
     patch stream's sample numbers (datamodules/patch_stream.py), not by random state.
     """
     from darkraw.slurm_requeue import SlurmRequeue
+    from darkraw.stop_sync import SynchronisedStop
 
-    return [RankReport(output_dir), SlurmRequeue()]
+    return [RankReport(output_dir), SynchronisedStop(), SlurmRequeue()]

@@ -14,9 +14,8 @@ record written, W&B closed) rank 0 runs ``scontrol requeue``. The requeued job r
 Lightning's requeue is turned off for it (:func:`slurm_environment_plugins`), which also ends its
 bypass of SIGTERM: the SIGTERM that ``scontrol requeue`` or the time limit sends is a stop too.
 
-Under DDP, SLURM signals every task, each when it gets to it; the ranks agree after each step
-whether any was signalled (one small all-reduce per step, only for a SLURM job of several
-ranks), so that all of them stop after the same step.
+Under DDP, SLURM signals every task, each when it gets to it: the request goes through
+darkraw/stop_sync.py, which stops every rank after the same step.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from darkraw.distributed import env_global_rank, external_launcher
+from darkraw.stop_sync import ask_to_stop, synchronised_stop
 
 #: The signal ``conf/hydra/launcher/slurm.yaml`` asks SLURM to send before the time limit.
 REQUEUE_SIGNAL = signal.SIGUSR1
@@ -141,36 +141,14 @@ class SlurmRequeue(L.Callback):
             print(f"\ndarkraw: SLURM's time-limit signal ({signal.Signals(signum).name}) at step "
                   f"{trainer.global_step}: stopping after this step to save last.ckpt and "
                   "requeue the job", file=sys.stderr, flush=True)
-        if trainer.world_size == 1:
-            self._stop(trainer)  # also from inside a validation, between its batches
-
-    @staticmethod
-    def _stop(trainer: L.Trainer) -> None:
-        """The flag Lightning's SIGTERM handler sets: it ends fit after the current batch."""
-        trainer._signal_connector.received_sigterm = True
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Under DDP every rank stops after the same step, whichever got the signal when.
-
-        SLURM signals each task on its own: a rank that set Lightning's flag alone would stop
-        a step before the others, which would then wait for it in their next collective (or
-        in its checkpoint's barrier) until the time limit killed the job unsaved.
-        """
-        if trainer.world_size == 1 or not self._installed:
-            return
-        signalled = trainer.strategy.reduce_boolean_decision(self.signalled_step is not None,
-                                                             all=False)
-        if signalled:
-            if self.signalled_step is None:
-                self.signalled_step = trainer.global_step
-            self._stop(trainer)
+        # One process: at once, also from inside a validation; several: the step all agree on.
+        ask_to_stop(trainer, "SLURM")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning clears the flag as fit begins: a signal during the checkpoint restore or
-        # the sanity check would be forgotten.
+        # Lightning clears its flag as fit begins: a signal during the checkpoint restore or
+        # the sanity check would be forgotten (under DDP the request waits in SynchronisedStop).
         if self.signalled_step is not None and trainer.world_size == 1:
-            self._stop(trainer)
+            ask_to_stop(trainer, "SLURM")
 
     def requeue_at_exit(self, trainer: L.Trainer) -> bool:
         """After a stop this signal asked for: rank 0 requeues the job as the process exits.
@@ -178,7 +156,8 @@ class SlurmRequeue(L.Callback):
         At exit, not now: ``scontrol requeue`` sends the job SIGTERM, which would cut short
         the run's record, W&B's closing and the other ranks' release.
         """
-        if self.signalled_step is None:
+        sync = synchronised_stop(trainer)
+        if self.signalled_step is None and not (sync is not None and "SLURM" in sync.reasons()):
             return False
         job_id = slurm_job_id()
         if trainer.is_global_zero and job_id:

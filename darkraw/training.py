@@ -63,6 +63,7 @@ from darkraw.resume import (
     same_run_with_other_max_steps,
 )
 from darkraw.slurm_requeue import SlurmRequeue, slurm_environment_plugins
+from darkraw.stop_sync import synchronised_stop
 from darkraw.suggest import did_you_mean
 from datamodules.raw import CROP_MULTIPLE
 from lightning_modules.config import LossConfig, NetConfig, build
@@ -535,8 +536,11 @@ def sigterm_exit(trainer: L.Trainer, ckpt_dir: Path,
     """
     last_callbacks = [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
     saved = [cb.saved_step for cb in last_callbacks if cb.saved_step is not None]
-    # A first Ctrl-C takes the same path (callbacks/last_checkpoint.py); it exits 130.
-    ctrl_c = any(cb.ctrl_c_step is not None for cb in last_callbacks)
+    # A first Ctrl-C takes the same path (callbacks/last_checkpoint.py); it exits 130. Under DDP
+    # rank 0 knows every rank's reason from the agreed stop (darkraw/stop_sync.py).
+    sync = synchronised_stop(trainer)
+    ctrl_c = any(cb.ctrl_c_step is not None for cb in last_callbacks) or (
+        sync is not None and "Ctrl-C" in sync.reasons())
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         where = f"no {last} to resume from: a relaunch starts over"

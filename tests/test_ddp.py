@@ -26,7 +26,14 @@ from darkraw.distributed import (
     rank_command,
     resume_checkpoint,
 )
-from tests.helpers import FAST_TRAIN, REPO, run_entry_point, stand_in_scontrol, subprocess_env
+from tests.helpers import (
+    FAST_TRAIN,
+    REPO,
+    run_entry_point,
+    stand_in_scontrol,
+    start_train_py_process_group,
+    subprocess_env,
+)
 
 
 @pytest.mark.parametrize(
@@ -343,3 +350,47 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
     with (last.parent.parent / "csv" / "metrics.csv").open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
     assert steps == list(range(max_steps))  # every step trained and logged once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "name", "status"), [(signal.SIGTERM, "SIGTERM", 143),
+                                                     (signal.SIGINT, "Ctrl-C", 130)])
+def test_a_stop_signal_to_a_ddp_job_stops_every_rank_at_one_step(
+        synthetic_sid: Path, tmp_path: Path, sig: signal.Signals, name: str, status: int) -> None:
+    """Preemption, ``kill -- -PGID`` and a terminal's Ctrl-C signal every rank, each when it
+    gets to it: a 2-rank job given SIGTERM hung, unsaved, until it was killed."""
+    max_steps = 6
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=sid",
+            f"data.root={synthetic_sid}", f"paths.root_dir={tmp_path}",
+            *[a for a in FAST_TRAIN
+              if not a.startswith(("trainer.max_steps=", "trainer.val_check_interval="))],
+            f"trainer.max_steps={max_steps}", "trainer.val_check_interval=4", "logger=csv",
+            "callbacks.image_panel=null", "callbacks.last_checkpoint.every_n_train_steps=2",
+            "data.patches_per_epoch=4", "preflight.enabled=false"]
+    err = tmp_path / "stderr"
+    proc = start_train_py_process_group(args, tmp_path / "stdout", err)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = err.read_text()
+    assert proc.returncode == status, text[-3000:]
+    [last] = tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")
+    stopped = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert stopped < max_steps
+    assert text.count(f"darkraw: stopped by {name} at step {stopped}; resume point {last} at "
+                      f"step {stopped}.") == 1, text[-3000:]
+    run = last.parent.parent
+    assert json.loads((run / "job_status.json").read_text())["status"] == "interrupted"
+    if sig == signal.SIGTERM:  # and the same command resumes it to the end
+        run_entry_point("train.py", *args, timeout=240)
+        with (run / "csv" / "metrics.csv").open() as handle:
+            steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+        assert steps == list(range(max_steps))
