@@ -389,8 +389,4 @@ def test_a_stop_signal_to_a_ddp_job_stops_every_rank_at_one_step(
                       f"step {stopped}.") == 1, text[-3000:]
     run = last.parent.parent
     assert json.loads((run / "job_status.json").read_text())["status"] == "interrupted"
-    if sig == signal.SIGTERM:  # and the same command resumes it to the end
-        run_entry_point("train.py", *args, timeout=240)
-        with (run / "csv" / "metrics.csv").open() as handle:
-            steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("train/loss")]
-        assert steps == list(range(max_steps))
+    # That a DDP job resumes exactly from such a stop: the SLURM time-limit test above.
