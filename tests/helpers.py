@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,16 @@ def stand_in_scontrol(folder: Path, status: int = 0, message: str = "",
                       f"exit {status}\n")
     script.chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ['PATH']}", calls
+
+
+def wait_for_run_file(procs: subprocess.Popen[str] | list[subprocess.Popen[str]], root: Path,
+                      name: str, err: Path, timeout: float = 240) -> None:
+    """Until the training process(es) ``procs`` (paths.root_dir ``root``) have written the run
+    folder's file ``name`` (``checkpoints/last.ckpt``, ``job_status.json``); fails at once,
+    with ``err``'s end, when one of them ends first."""
+    procs = procs if isinstance(procs, list) else [procs]
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(f"outputs/*/runs/*/{name}")):
+        assert all(proc.poll() is None for proc in procs), err.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {name} in {timeout:.0f} s"
+        time.sleep(0.02)

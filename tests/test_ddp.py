@@ -33,6 +33,7 @@ from tests.helpers import (
     stand_in_scontrol,
     start_train_py_process_group,
     subprocess_env,
+    wait_for_run_file,
 )
 
 
@@ -323,11 +324,8 @@ def test_slurms_time_limit_signal_stops_every_rank_at_one_step_and_requeues_once
         return [log.read_text() for _, log in tasks]
 
     first = launch("first")
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
-        assert all(proc.poll() is None for proc, _ in first), finish(first)
-        assert time.monotonic() < deadline, "no periodic last.ckpt in time"
-        time.sleep(0.05)
+    wait_for_run_file([proc for proc, _ in first], tmp_path, "checkpoints/last.ckpt",
+                      first[0][1])
     # SLURM sends USR1 to every task, 90 s before the limit, each when it gets to it: the
     # extreme of that, rank 1 alone, must stop both ranks after the same step.
     first[1][0].send_signal(signal.SIGUSR1)
@@ -370,11 +368,7 @@ def test_a_stop_signal_to_a_ddp_job_stops_every_rank_at_one_step(
     err = tmp_path / "stderr"
     proc = start_train_py_process_group(args, tmp_path / "stdout", err)
     try:
-        deadline = time.monotonic() + 240
-        while not list(tmp_path.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
-            assert proc.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no periodic last.ckpt in time"
-            time.sleep(0.05)
+        wait_for_run_file(proc, tmp_path, "checkpoints/last.ckpt", err)
         os.killpg(proc.pid, sig)
         proc.wait(timeout=120)
     finally:

@@ -30,6 +30,7 @@ from tests.helpers import (
     stand_in_scontrol,
     start_train_py_process_group,
     subprocess_env,
+    wait_for_run_file,
 )
 
 pytestmark = pytest.mark.slow
@@ -88,14 +89,9 @@ def reference(synthetic_sid: Path, cache_dir: Path,
     return output_dir(root)
 
 
-def wait_for_a_periodic_last_ckpt(proc: subprocess.Popen[str], root: Path, err: Path,
-                                  timeout: float = 240) -> None:
+def wait_for_a_periodic_last_ckpt(proc: subprocess.Popen[str], root: Path, err: Path) -> None:
     """Until the training ``proc`` (in ``root``) has written its first periodic last.ckpt."""
-    deadline = time.monotonic() + timeout
-    while not list(root.glob("outputs/*/runs/*/checkpoints/last.ckpt")):
-        assert proc.poll() is None, err.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no periodic last.ckpt in time"
-        time.sleep(0.02)
+    wait_for_run_file(proc, root, "checkpoints/last.ckpt", err)
 
 
 def start_and_stop(args: list[str], root: Path, sig: signal.Signals, after_step: int = 0,
@@ -231,12 +227,8 @@ def test_slurms_time_limit_signal_before_training_requeues_at_once(
                                 env=subprocess_env(**SLURM_TASK_ENV, PATH=path), stdout=stdout,
                                 stderr=stderr)
     try:
-        deadline = time.monotonic() + 120
         # The job's record exists once the handler is in place; the cache is built after it.
-        while not list(tmp_path.glob("outputs/*/runs/*/job_status.json")):
-            assert proc.poll() is None, err.read_text()[-3000:]
-            assert time.monotonic() < deadline, "train.py never started its job"
-            time.sleep(0.01)
+        wait_for_run_file(proc, tmp_path, "job_status.json", err, timeout=120)
         proc.send_signal(signal.SIGUSR1)
         proc.wait(timeout=120)
     finally:
