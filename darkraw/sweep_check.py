@@ -159,11 +159,6 @@ def check_sweep(config_name: str, argv: Sequence[str]) -> SweepCheck:
     return SweepCheck(warnings=[hint] if hint else [])
 
 
-def sweep_error(config_name: str, argv: Sequence[str]) -> str | None:
-    """The first job of the sweep ``argv`` that would be refused, and why; None when all pass."""
-    return check_sweep(config_name, argv).error
-
-
 def train_longer_hint(base: DictConfig, jobs: Sequence[Sequence[str]]) -> str | None:
     """Jobs this sweep would start from scratch that an earlier sweep trained, with a checkpoint,
     to another ``trainer.max_steps``: most likely meant to be trained on.

@@ -109,7 +109,3 @@ class PatchStreamSampler(DistributedSampler):
         self.next_batch = batches.stop
         for batch in batches:
             yield from self.samples_of_batch(batch)
-
-    def resume_at(self, batch: int) -> None:
-        """Continue with global batch ``batch`` (the count of batches trained before)."""
-        self.next_batch = self.start_batch = batch

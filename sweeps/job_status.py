@@ -418,25 +418,25 @@ class JobStatus:
     def interrupted(self, error: BaseException) -> None:
         """Ctrl-C, SIGTERM or ``sys.exit`` inside a job: not a failure of the config, not done."""
         message = str(error)
+        segment: dict[str, Any] = {"error_type": type(error).__name__}
         fields: dict[str, Any] = {}
         if isinstance(error, StoppedInTraining):
             message = f"{error.message} (exit status {error.code})"
+            segment["global_step"] = error.global_step
             fields = {"global_step": error.global_step,
                       "resume_checkpoint": error.resume_checkpoint}
         elif isinstance(error, Terminated):
             message = (f"SIGTERM (exit status {SIGTERM_EXIT}) before or after training; "
                        "relaunch the same command to resume")
         elif isinstance(error, SystemExit) and error.code == SIGTERM_EXIT:
-            # darkraw.training.sigterm_exit: Lightning stopped fit on SIGTERM and saved.
+            # Any other exit with SIGTERM's status (sigterm_exit raises StoppedInTraining).
             message = (f"SIGTERM during training (exit status {SIGTERM_EXIT}); relaunch the "
                        "same command to resume")
         elif isinstance(error, SystemExit):
             # Lightning answers Ctrl-C with a graceful shutdown and exit(1).
             message = f"exit status {error.code} (Ctrl-C, or the process was told to exit)"
-        self._finish(INTERRUPTED, segment={"error_type": type(error).__name__,
-                                           **({"global_step": fields["global_step"]}
-                                              if fields else {})},
-                     error_type=type(error).__name__, error=message, **fields)
+        self._finish(INTERRUPTED, segment=segment, error_type=type(error).__name__,
+                     error=message, **fields)
 
     # ------------------------------------------------------------------------- SIGTERM
 

@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import darkraw.resolvers  # noqa: F401  (the folder-name resolver the hydra config uses)
+from darkraw.sweep_check import check_sweep
 from lightning_modules.schedule import floor_warning, lr_multiplier
 from sweeps.job_status import read_status
 from sweeps.wandb_offline import find_run_dirs, read_run_record
@@ -222,29 +223,25 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_starts(
 def test_a_gpu_sweep_passes_the_check_on_a_machine_without_gpus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SLURM sweep is launched from a login node: its jobs' GPUs are checked where they run."""
-    from darkraw.sweep_check import sweep_error
-
-    assert sweep_error("train", ["-m", "trainer=gpu", "model.rdb=after,before"]) is None
+    assert check_sweep("train", ["-m", "trainer=gpu", "model.rdb=after,before"]).error is None
     monkeypatch.setenv("PATH", login_node_path(tmp_path / "bin"))
-    assert sweep_error("train", ["-m", "hydra/launcher=slurm", "trainer=ddp",
-                                 "trainer.devices=2", "seed=1,2"]) is None
-    assert sweep_error("train", ["model.rdb=after"]) is None  # not a sweep: not its business
+    assert check_sweep("train", ["-m", "hydra/launcher=slurm", "trainer=ddp",
+                                 "trainer.devices=2", "seed=1,2"]).error is None
+    assert check_sweep("train", ["model.rdb=after"]).error is None  # not a sweep: not its business
 
 
 def test_a_slurm_sweep_off_a_slurm_cluster_is_refused_in_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit ended it in a traceback ("Could not detect srun") after making the folder."""
-    from darkraw.sweep_check import sweep_error
-
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM commands
-    message = sweep_error("train", ["-m", "hydra/launcher=slurm", "seed=1,2"])
+    message = check_sweep("train", ["-m", "hydra/launcher=slurm", "seed=1,2"]).error
     assert message == (
         "the sweep's launcher: hydra/launcher=slurm submits each job to SLURM, and this machine "
         "has no sbatch or srun on its PATH: it is not a SLURM login node. Launch the sweep from "
         "the cluster's login node; on this machine leave hydra/launcher out (jobs one after the "
         "other) or use hydra/launcher=local (jobs side by side). No job was started: correct "
         "the sweep and launch it again")
-    assert sweep_error("train", ["-m", "hydra/launcher=local", "seed=1,2"]) is None
+    assert check_sweep("train", ["-m", "hydra/launcher=local", "seed=1,2"]).error is None
 
 
 def test_sweep_folders_of_two_experiments_differ() -> None:
